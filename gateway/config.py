@@ -1,0 +1,625 @@
+"""The gateway's configuration: frozen dataclasses loaded from one TOML file, validated before startup.
+
+Must not: import aiohttp, open sockets or files other than the config and the key files it names,
+or log anything (a Config holds secrets).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from gateway.errors import ConfigError
+
+__all__ = [
+    "AuthMode",
+    "Config",
+    "CookieConfig",
+    "CsrfConfig",
+    "IdentityHeadersConfig",
+    "LimitsConfig",
+    "LogConfig",
+    "Rate",
+    "RouteConfig",
+    "ServerConfig",
+    "StoreConfig",
+    "TokenConfig",
+    "load_config",
+    "masked",
+    "parse_config",
+    "parse_duration",
+]
+
+AuthMode = Literal["required", "optional", "public"]
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_ALGORITHMS = ("HS256", "RS256", "ES256", "EdDSA")
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
+_RATE_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_COOKIE_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rate:
+    """At most `count` events per `period_s` seconds."""
+
+    count: int
+    period_s: int
+
+    def __str__(self) -> str:
+        unit = {v: k for k, v in _RATE_UNITS.items()}[self.period_s]
+        return f"{self.count}/{unit}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """Where the gateway listens and which peers it believes."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_origin: str | None = None
+    auth_prefix: str = "/auth"
+    workers: int = 1
+    trusted_proxies: tuple[IpNetwork, ...] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    metrics_networks: tuple[IpNetwork, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    shutdown_timeout: timedelta = timedelta(seconds=30)
+    revocation_poll: timedelta = timedelta(milliseconds=250)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreConfig:
+    """The session store; `sqlite_path` is set for SQLite URLs, resolved against the config's folder."""
+
+    url: str = field(default="sqlite:///gateway.db", repr=False)
+    sqlite_path: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenConfig:
+    """Signing keys and lifetimes; keys are oldest first, the last one signs."""
+
+    algorithm: str = "HS256"
+    secret: str = field(default="", repr=False)
+    previous_secrets: tuple[str, ...] = field(default=(), repr=False)
+    private_key_file: Path | None = None
+    previous_public_key_files: tuple[Path, ...] = ()
+    refresh_secret: str = field(default="", repr=False)
+    issuer: str = "gateway"
+    audience: str = "api"
+    access_ttl: timedelta = timedelta(minutes=15)
+    refresh_ttl: timedelta = timedelta(days=30)
+    session_ttl: timedelta = timedelta(hours=12)
+    absolute_ttl: timedelta = timedelta(days=90)
+    reuse_grace: timedelta = timedelta(seconds=10)
+    leeway: timedelta = timedelta(seconds=30)
+    access_delivery: Literal["body", "cookie", "both"] = "both"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CookieConfig:
+    """Names and attributes of the gateway's two cookies."""
+
+    access_name: str = "access_token"
+    refresh_name: str = "refresh_token"
+    secure: bool = True
+    samesite: Literal["Strict", "Lax", "None"] = "Lax"
+    domain: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CsrfConfig:
+    """Origins besides the gateway's own that may send cookie-authenticated unsafe requests."""
+
+    trusted_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdentityHeadersConfig:
+    """Header names the upstream receives; the same names are stripped from every client request."""
+
+    user_id: str = "X-User-Id"
+    email: str = "X-User-Email"
+    session_id: str = "X-Session-Id"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsConfig:
+    """Rate limits on the `/auth` endpoints."""
+
+    login: Rate = Rate(count=10, period_s=60)
+    refresh: Rate = Rate(count=60, period_s=60)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogConfig:
+    """Log level and format (`json` for machines, `text` for a terminal)."""
+
+    level: str = "INFO"
+    format: Literal["json", "text"] = "json"
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteConfig:
+    """One upstream mounted at a path prefix."""
+
+    prefix: str
+    upstream: str
+    auth: AuthMode = "required"
+    strip_prefix: bool = False
+    timeout: timedelta = timedelta(seconds=30)
+    forward_authorization: bool = False
+    preserve_host: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The whole configuration; `source` is the file it came from (for messages)."""
+
+    server: ServerConfig = ServerConfig()
+    store: StoreConfig = StoreConfig()
+    tokens: TokenConfig = TokenConfig()
+    cookies: CookieConfig = CookieConfig()
+    csrf: CsrfConfig = CsrfConfig()
+    identity_headers: IdentityHeadersConfig = IdentityHeadersConfig()
+    limits: LimitsConfig = LimitsConfig()
+    log: LogConfig = LogConfig()
+    routes: tuple[RouteConfig, ...] = ()
+    source: str = ""
+
+
+def parse_duration(value: object) -> timedelta:
+    """`"90s"`, `"15m"`, `"12h"`, `"30d"` or integer seconds >= 0; raises ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration like \"15m\" or integer seconds")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must be >= 0")
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        match = _DURATION.match(value.strip())
+        if match:
+            return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    raise ValueError(f"must be a duration like \"90s\", \"15m\", \"12h\", \"30d\" or integer seconds, not {value!r}")
+
+
+def _parse_rate(value: object) -> Rate:
+    if isinstance(value, str):
+        match = _RATE.match(value)
+        if match and int(match.group(1)) > 0:
+            return Rate(count=int(match.group(1)), period_s=_RATE_UNITS[match.group(2)])
+    raise ValueError(f"must be a rate like \"10/minute\" (N >= 1 per second|minute|hour|day), not {value!r}")
+
+
+T = TypeVar("T")
+
+
+class _Table:
+    """Reads one TOML table, recording problems under its path instead of raising."""
+
+    def __init__(self, path: str, data: object, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            problems.append(f"{path}: must be a table")
+            data = {}
+        self.data: dict[str, Any] = data
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def get(self, name: str, default: T, convert: Callable[[Any], T] | None = None) -> T:
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        raw = self.data[name]
+        try:
+            if convert is not None:
+                return convert(raw)
+            if type(default) is bool and not isinstance(raw, bool):
+                raise ValueError(f"must be true or false, not {raw!r}")
+            if type(default) is int and (isinstance(raw, bool) or not isinstance(raw, int)):
+                raise ValueError(f"must be an integer, not {raw!r}")
+            if type(default) is str and not isinstance(raw, str):
+                raise ValueError(f"must be a string, not {raw!r}")
+            return raw  # type: ignore[no-any-return]
+        except ValueError as exc:
+            self.problems.append(f"{self.key(name)}: {exc}")
+            return default
+
+    def finish(self) -> None:
+        for name in self.data:
+            if name not in self.seen:
+                self.problems.append(f"{self.key(name)}: unknown key")
+
+
+def _optional_str(raw: object) -> str | None:
+    if not isinstance(raw, str):
+        raise ValueError(f"must be a string, not {raw!r}")
+    return raw
+
+
+def _str_list(raw: object) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise ValueError("must be a list of strings")
+    return tuple(raw)
+
+
+def _networks(raw: object) -> tuple[IpNetwork, ...]:
+    out = []
+    for item in _str_list(raw):
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not a CIDR network") from None
+    return tuple(out)
+
+
+def _choice(*options: str) -> Callable[[object], Any]:
+    def convert(raw: object) -> str:
+        if raw not in options:
+            raise ValueError(f"must be one of {' | '.join(options)}, not {raw!r}")
+        return str(raw)
+
+    return convert
+
+
+def _origin(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"must be a string, not {raw!r}")
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        raise ValueError(f"must be an origin like \"https://app.example.com\", not {raw!r}")
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError(f"must be an origin like \"https://app.example.com\", not {raw!r}")
+    return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
+def _prefix(raw: object) -> str:
+    if not isinstance(raw, str) or not raw.startswith("/"):
+        raise ValueError("must start with \"/\"")
+    if any(seg in (".", "..") for seg in raw.split("/")) or "//" in raw or "%" in raw or "\\" in raw:
+        raise ValueError(f"must be a normalized path, not {raw!r}")
+    stripped = raw.rstrip("/")
+    return stripped or "/"
+
+
+def _upstream(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise ValueError("must be a URL string")
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL, not {raw!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("must not carry a query, fragment or credentials")
+    try:
+        parts.port  # noqa: B018 - urlsplit validates the port lazily
+    except ValueError:
+        raise ValueError(f"has an invalid port: {raw!r}") from None
+    return raw.rstrip("/")
+
+
+def _header_name(raw: object) -> str:
+    if not isinstance(raw, str) or not _HEADER_NAME.match(raw):
+        raise ValueError(f"must be an HTTP header name, not {raw!r}")
+    return raw
+
+
+def _cookie_name(raw: object) -> str:
+    if not isinstance(raw, str) or not _COOKIE_NAME.match(raw):
+        raise ValueError(f"must be a cookie name, not {raw!r}")
+    return raw
+
+
+def _substitute_env(data: object, path: str, problems: list[str], env: dict[str, str]) -> object:
+    """Replaces every `${NAME}` in every string; an unset variable is a problem at that key."""
+    if isinstance(data, dict):
+        return {k: _substitute_env(v, f"{path}.{k}" if path else k, problems, env) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_substitute_env(v, f"{path}[{i}]", problems, env) for i, v in enumerate(data)]
+    if isinstance(data, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in env:
+                problems.append(f"{path}: environment variable {name} is not set")
+                return ""
+            return env[name]
+
+        return _ENV.sub(replace, data)
+    return data
+
+
+def _workers(raw: object) -> int:
+    if raw == "auto":
+        return os.cpu_count() or 1
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 64:
+        raise ValueError(f"must be an integer from 1 to 64 or \"auto\", not {raw!r}")
+    return raw
+
+
+def _port(raw: object) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 65535:
+        raise ValueError(f"must be a port number 0..65535, not {raw!r}")
+    return raw
+
+
+def _path(base: Path) -> Callable[[object], Path]:
+    def convert(raw: object) -> Path:
+        if not isinstance(raw, str) or not raw:
+            raise ValueError("must be a file path")
+        return (base / raw).resolve()
+
+    return convert
+
+
+def _store_url(base: Path, raw: object) -> tuple[str, Path | None]:
+    if not isinstance(raw, str):
+        raise ValueError("must be a string")
+    if raw.startswith("sqlite:///"):
+        rest = raw[len("sqlite:///") :]
+        if not rest:
+            raise ValueError("needs a file name, like \"sqlite:///gateway.db\"")
+        # sqlite:////abs/path is absolute; sqlite:///rel.db is relative to the config file.
+        return raw, (base / rest).resolve()
+    if raw.startswith(("postgresql://", "postgres://")):
+        return raw, None
+    raise ValueError("must start with sqlite:/// or postgresql://")
+
+
+def _server(t: _Table, base: Path) -> ServerConfig:
+    d = ServerConfig()
+    cfg = ServerConfig(
+        host=t.get("host", d.host),
+        port=t.get("port", d.port, _port),
+        public_origin=t.get("public_origin", d.public_origin, _origin),
+        auth_prefix=t.get("auth_prefix", d.auth_prefix, _prefix),
+        workers=t.get("workers", d.workers, _workers),
+        trusted_proxies=t.get("trusted_proxies", d.trusted_proxies, _networks),
+        tls_cert=t.get("tls_cert", d.tls_cert, _path(base)),
+        tls_key=t.get("tls_key", d.tls_key, _path(base)),
+        metrics_networks=t.get("metrics_networks", d.metrics_networks, _networks),
+        shutdown_timeout=t.get("shutdown_timeout", d.shutdown_timeout, parse_duration),
+        revocation_poll=d.revocation_poll,
+    )
+    if cfg.auth_prefix == "/":
+        t.problems.append("server.auth_prefix: must not be \"/\"")
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        t.problems.append("server.tls_cert: tls_cert and tls_key must be set together")
+    for key in ("tls_cert", "tls_key"):
+        p = getattr(cfg, key)
+        if p is not None and not p.is_file():
+            t.problems.append(f"server.{key}: file {p} does not exist")
+    t.finish()
+    return cfg
+
+
+def _tokens(t: _Table, base: Path) -> TokenConfig:
+    d = TokenConfig()
+    cfg = TokenConfig(
+        algorithm=t.get("algorithm", d.algorithm, _choice(*_ALGORITHMS)),
+        secret=t.get("secret", d.secret),
+        previous_secrets=t.get("previous_secrets", d.previous_secrets, _str_list),
+        private_key_file=t.get("private_key_file", d.private_key_file, _path(base)),
+        previous_public_key_files=t.get(
+            "previous_public_key_files", d.previous_public_key_files, lambda raw: tuple(map(_path(base), _str_list(raw)))
+        ),
+        refresh_secret=t.get("refresh_secret", d.refresh_secret),
+        issuer=t.get("issuer", d.issuer),
+        audience=t.get("audience", d.audience),
+        access_ttl=t.get("access_ttl", d.access_ttl, parse_duration),
+        refresh_ttl=t.get("refresh_ttl", d.refresh_ttl, parse_duration),
+        session_ttl=t.get("session_ttl", d.session_ttl, parse_duration),
+        absolute_ttl=t.get("absolute_ttl", d.absolute_ttl, parse_duration),
+        reuse_grace=t.get("reuse_grace", d.reuse_grace, parse_duration),
+        leeway=t.get("leeway", d.leeway, parse_duration),
+        access_delivery=t.get("access_delivery", d.access_delivery, _choice("body", "cookie", "both")),
+    )
+    p = t.problems
+    if cfg.algorithm == "HS256":
+        if len(cfg.secret.encode()) < 32:
+            p.append("tokens.secret: must be at least 32 bytes for HS256")
+        if cfg.private_key_file is not None:
+            p.append("tokens.private_key_file: only for RS256, ES256 and EdDSA")
+        p.extend(
+            f"tokens.previous_secrets[{i}]: must be at least 32 bytes"
+            for i, s in enumerate(cfg.previous_secrets)
+            if len(s.encode()) < 32
+        )
+    else:
+        if cfg.private_key_file is None:
+            p.append(f"tokens.private_key_file: required for {cfg.algorithm}")
+        elif not cfg.private_key_file.is_file():
+            p.append(f"tokens.private_key_file: file {cfg.private_key_file} does not exist")
+        if cfg.secret:
+            p.append("tokens.secret: only for HS256; asymmetric algorithms use private_key_file")
+    for i, f in enumerate(cfg.previous_public_key_files):
+        if not f.is_file():
+            p.append(f"tokens.previous_public_key_files[{i}]: file {f} does not exist")
+    if cfg.refresh_secret and len(cfg.refresh_secret.encode()) < 32:
+        p.append("tokens.refresh_secret: must be at least 32 bytes")
+    for key in ("access_ttl", "refresh_ttl", "session_ttl", "absolute_ttl"):
+        if getattr(cfg, key) <= timedelta(0):
+            p.append(f"tokens.{key}: must be greater than 0")
+    if not cfg.issuer:
+        p.append("tokens.issuer: must not be empty")
+    if not cfg.audience:
+        p.append("tokens.audience: must not be empty")
+    t.finish()
+    return cfg
+
+
+def _cookies(t: _Table) -> CookieConfig:
+    d = CookieConfig()
+    cfg = CookieConfig(
+        access_name=t.get("access_name", d.access_name, _cookie_name),
+        refresh_name=t.get("refresh_name", d.refresh_name, _cookie_name),
+        secure=t.get("secure", d.secure),
+        samesite=t.get("samesite", d.samesite, _choice("Strict", "Lax", "None")),
+        domain=t.get("domain", d.domain, _optional_str),
+    )
+    if cfg.samesite == "None" and not cfg.secure:
+        t.problems.append("cookies.samesite: \"None\" requires cookies.secure = true")
+    if cfg.access_name == cfg.refresh_name:
+        t.problems.append("cookies.refresh_name: must differ from cookies.access_name")
+    t.finish()
+    return cfg
+
+
+def _routes(raw: object, problems: list[str], base: Path) -> tuple[RouteConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        problems.append("routes: must be an array of tables ([[routes]])")
+        return ()
+    routes: list[RouteConfig] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        t = _Table(f"routes[{i}]", item, problems)
+        before = len(problems)
+        if "prefix" not in t.data:
+            problems.append(f"routes[{i}].prefix: is required")
+        if "upstream" not in t.data:
+            problems.append(f"routes[{i}].upstream: is required")
+        route = RouteConfig(
+            prefix=t.get("prefix", "/", _prefix),
+            upstream=t.get("upstream", "http://invalid", _upstream),
+            auth=t.get("auth", "required", _choice("required", "optional", "public")),
+            strip_prefix=t.get("strip_prefix", False),
+            timeout=t.get("timeout", timedelta(seconds=30), parse_duration),
+            forward_authorization=t.get("forward_authorization", False),
+            preserve_host=t.get("preserve_host", False),
+        )
+        t.finish()
+        if route.timeout <= timedelta(0) and "timeout" in t.data:
+            problems.append(f"routes[{i}].timeout: must be greater than 0")
+        if len(problems) == before:
+            if route.prefix in seen:
+                problems.append(f"routes[{i}].prefix: duplicates routes[{seen[route.prefix]}].prefix {route.prefix!r}")
+            seen[route.prefix] = i
+            routes.append(route)
+    return tuple(routes)
+
+
+def parse_config(data: dict[str, Any], *, base: Path, source: str = "", env: dict[str, str] | None = None) -> Config:
+    """Validates a parsed TOML document; raises one ConfigError listing every problem."""
+    problems: list[str] = []
+    data = _substitute_env(data, "", problems, dict(os.environ) if env is None else env)  # type: ignore[assignment]
+    root = _Table("", data, problems)
+    server = _server(_Table("server", root.get("server", None, lambda r: r), problems), base)
+    store_t = _Table("store", root.get("store", None, lambda r: r), problems)
+    url = store_t.get("url", StoreConfig().url)
+    try:
+        url, sqlite_path = _store_url(base, url)
+    except ValueError as exc:
+        problems.append(f"store.url: {exc}")
+        sqlite_path = None
+    store_t.finish()
+    tokens = _tokens(_Table("tokens", root.get("tokens", None, lambda r: r), problems), base)
+    cookies = _cookies(_Table("cookies", root.get("cookies", None, lambda r: r), problems))
+    csrf_t = _Table("csrf", root.get("csrf", None, lambda r: r), problems)
+    csrf = CsrfConfig(trusted_origins=csrf_t.get("trusted_origins", (), lambda r: tuple(map(_origin, _str_list(r)))))
+    csrf_t.finish()
+    ih_t = _Table("identity_headers", root.get("identity_headers", None, lambda r: r), problems)
+    dih = IdentityHeadersConfig()
+    identity = IdentityHeadersConfig(
+        user_id=ih_t.get("user_id", dih.user_id, _header_name),
+        email=ih_t.get("email", dih.email, _header_name),
+        session_id=ih_t.get("session_id", dih.session_id, _header_name),
+    )
+    ih_t.finish()
+    if len({identity.user_id.lower(), identity.email.lower(), identity.session_id.lower()}) != 3:
+        problems.append("identity_headers: the three header names must differ")
+    lim_t = _Table("limits", root.get("limits", None, lambda r: r), problems)
+    dl = LimitsConfig()
+    limits = LimitsConfig(login=lim_t.get("login", dl.login, _parse_rate), refresh=lim_t.get("refresh", dl.refresh, _parse_rate))
+    lim_t.finish()
+    log_t = _Table("log", root.get("log", None, lambda r: r), problems)
+    dlog = LogConfig()
+    log = LogConfig(
+        level=log_t.get("level", dlog.level, _choice("DEBUG", "INFO", "WARNING", "ERROR")),
+        format=log_t.get("format", dlog.format, _choice("json", "text")),
+        access_log=log_t.get("access_log", dlog.access_log),
+    )
+    log_t.finish()
+    routes = _routes(root.get("routes", None, lambda r: r), problems, base)
+    root.finish()
+    for i, route in enumerate(routes):
+        if route.prefix == server.auth_prefix or route.prefix.startswith(server.auth_prefix + "/"):
+            problems.append(f"routes[{i}].prefix: {route.prefix!r} lies under server.auth_prefix and would never be reached")
+    if problems:
+        raise ConfigError(problems, source=source)
+    return Config(
+        server=server,
+        store=StoreConfig(url=url, sqlite_path=sqlite_path),
+        tokens=tokens,
+        cookies=cookies,
+        csrf=csrf,
+        identity_headers=identity,
+        limits=limits,
+        log=log,
+        routes=routes,
+        source=source,
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Reads and validates a TOML file; every failure is a ConfigError naming the file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"cannot read file: {exc.strerror}"], source=str(p)) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"not valid TOML: {exc}"], source=str(p)) from None
+    return parse_config(data, base=p.resolve().parent, source=str(p))
+
+
+_SECRET_FIELDS = {"secret", "previous_secrets", "refresh_secret"}
+
+
+def masked(cfg: object) -> object:
+    """A plain-data view of a config for printing, with secrets and store credentials masked."""
+    if is_dataclass(cfg) and not isinstance(cfg, type):
+        out: dict[str, object] = {}
+        for f in fields(cfg):
+            value = getattr(cfg, f.name)
+            if f.name in _SECRET_FIELDS:
+                out[f.name] = "***" if value else ""
+            elif f.name == "url" and isinstance(value, str):
+                parts = urlsplit(value)
+                out[f.name] = value.replace(parts.password, "***") if parts.password else value
+            else:
+                out[f.name] = masked(value)
+        return out
+    if isinstance(cfg, tuple):
+        return [masked(v) for v in cfg]
+    if isinstance(cfg, timedelta):
+        return f"{cfg.total_seconds():g}s"
+    if isinstance(cfg, Rate):
+        return str(cfg)
+    if isinstance(cfg, Path | ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return str(cfg)
+    return cfg

@@ -1,0 +1,205 @@
+"""The gateway's exception tree; each class carries the HTTP `status` and the JSON error `code`.
+
+GatewayError
+├── BadRequest (400 invalid_request)
+├── AuthError (401)
+│   ├── TokenMissing (missing_token)
+│   ├── TokenInvalid (invalid_token)
+│   │   └── TokenExpired (invalid_token)
+│   ├── InvalidCredentials (invalid_credentials)
+│   └── RefreshMissing (missing_refresh_token)
+├── Forbidden (403)
+│   ├── RefreshRejected (invalid_refresh_token)
+│   │   └── RefreshReused (refresh_token_reused)
+│   └── CsrfFailed (csrf_failed)
+├── NoRoute (404 not_found)
+├── MethodNotAllowed (405 method_not_allowed)
+├── RateLimited (429 rate_limited)
+├── UpstreamError (502 bad_gateway)
+│   └── UpstreamTimeout (504 upstream_timeout)
+├── StoreError (500 store_error)
+│   ├── StoreUnavailable (503 store_unavailable)
+│   └── Conflict (409 conflict)
+└── ConfigError (startup only)
+
+Must not: import aiohttp or any other module of the gateway.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "BadRequest",
+    "ConfigError",
+    "Conflict",
+    "CsrfFailed",
+    "Forbidden",
+    "GatewayError",
+    "InvalidCredentials",
+    "MethodNotAllowed",
+    "NoRoute",
+    "RateLimited",
+    "RefreshMissing",
+    "RefreshRejected",
+    "RefreshReused",
+    "StoreError",
+    "StoreUnavailable",
+    "TokenExpired",
+    "TokenInvalid",
+    "TokenMissing",
+    "UpstreamError",
+    "UpstreamTimeout",
+]
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway renders; `str(exc)` is the client-facing description."""
+
+    status = 500
+    code = "server_error"
+
+    def __init__(self, description: str = "", **extra: object) -> None:
+        super().__init__(description)
+        self.description = description
+        self.extra = extra
+
+
+class BadRequest(GatewayError):
+    """The request is malformed: bad body, bad path, duplicated header."""
+
+    status = 400
+    code = "invalid_request"
+
+
+class AuthError(GatewayError):
+    """Authentication is needed or failed (401)."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class TokenMissing(AuthError):
+    """No access token was sent to a route that requires one."""
+
+    code = "missing_token"
+
+
+class TokenInvalid(AuthError):
+    """The access token is malformed, forged, of the wrong kind or for a revoked session."""
+
+    code = "invalid_token"
+
+
+class TokenExpired(TokenInvalid):
+    """The access token was genuine but its `exp` has passed."""
+
+
+class InvalidCredentials(AuthError):
+    """Unknown email, wrong password or disabled user: one answer for all three."""
+
+    code = "invalid_credentials"
+
+
+class RefreshMissing(AuthError):
+    """No refresh token in the cookie or the body."""
+
+    code = "missing_refresh_token"
+
+
+class Forbidden(GatewayError):
+    """The request is understood and refused (403)."""
+
+    status = 403
+    code = "forbidden"
+
+
+class RefreshRejected(Forbidden):
+    """The refresh token is unknown, expired, revoked or belongs to a disabled user."""
+
+    code = "invalid_refresh_token"
+
+
+class RefreshReused(RefreshRejected):
+    """An already rotated refresh token came back after the grace window: the session is revoked."""
+
+    code = "refresh_token_reused"
+
+
+class CsrfFailed(Forbidden):
+    """A cookie-authenticated unsafe request came without an allowed Origin or Referer."""
+
+    code = "csrf_failed"
+
+
+class NoRoute(GatewayError):
+    """No route or gateway endpoint matches the path, or the resource is not the caller's."""
+
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    """The gateway endpoint exists but not for this method; `allow` lists the methods."""
+
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, description: str = "", *, allow: tuple[str, ...] = ()) -> None:
+        super().__init__(description)
+        self.allow = allow
+
+
+class RateLimited(GatewayError):
+    """Too many attempts; `retry_after` is in whole seconds."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, description: str = "", *, retry_after: int = 1) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after
+
+
+class UpstreamError(GatewayError):
+    """The upstream refused the connection or broke the exchange."""
+
+    status = 502
+    code = "bad_gateway"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not connect, answer or send data within the route timeout."""
+
+    status = 504
+    code = "upstream_timeout"
+
+
+class StoreError(GatewayError):
+    """The session store failed in a way that is not the client's fault."""
+
+    status = 500
+    code = "store_error"
+
+
+class StoreUnavailable(StoreError):
+    """The session store cannot be reached right now."""
+
+    status = 503
+    code = "store_unavailable"
+
+
+class Conflict(StoreError):
+    """A uniqueness rule was broken (for example, an email that already exists)."""
+
+    status = 409
+    code = "conflict"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `problems` lists every `key.path: what is wrong`."""
+
+    def __init__(self, problems: list[str], *, source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        prefix = f"{source}: " if source else ""
+        super().__init__("; ".join(f"{prefix}{p}" for p in problems))
