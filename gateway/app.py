@@ -1,0 +1,184 @@
+"""`create_app(config)`: the one catch-all handler, its dispatch table, and the app's resources.
+
+Must not: do I/O outside `cleanup_ctx` steps (the key ring reads its key files once, here, before
+serving), or let aiohttp's router see a path before `normalize_target` has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+from aiohttp import web
+
+from gateway import auth_routes
+from gateway.auth import authenticate
+from gateway.config import Config
+from gateway.errors import MethodNotAllowed, NoRoute, StoreError
+from gateway.keys import CLIENT, CLOCK, CONFIG, KEYRING, REVOKED, SESSIONS, STORE, WEBSOCKETS
+from gateway.log import store_log
+from gateway.middleware import error_middleware
+from gateway.paths import RouteTable, normalize_target, under_prefix
+from gateway.proxy import Forwarder, close_websockets
+from gateway.revocations import RevokedSessions
+from gateway.sessions import SessionService
+from gateway.store import open_store
+from gateway.tokens import KeyRing
+
+__all__ = ["create_app"]
+
+Handler = auth_routes.Handler
+
+
+async def _healthz(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.StreamResponse:
+    try:
+        await asyncio.wait_for(request.app[STORE].ping(), timeout=2)
+    except (StoreError, TimeoutError):
+        return web.json_response({"status": "unavailable", "store": "unreachable"}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+async def _jwks(request: web.Request) -> web.StreamResponse:
+    jwks = request.app[KEYRING].jwks()
+    if jwks is None:
+        raise NoRoute("no public keys: tokens are signed with HS256")
+    return web.json_response(jwks, headers={"Cache-Control": "public, max-age=300"})
+
+
+def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyring: KeyRing | None = None) -> web.Application:
+    """The gateway as an aiohttp application; `clock` is injectable for tests."""
+    app = web.Application(middlewares=[error_middleware()], client_max_size=auth_routes.AUTH_BODY_LIMIT)
+    app[CONFIG] = config
+    app[CLOCK] = clock
+    app[KEYRING] = keyring or KeyRing(config.tokens)
+    app[REVOKED] = RevokedSessions()
+    app[WEBSOCKETS] = {}
+    prefix = config.server.auth_prefix
+    endpoints: dict[str, dict[str, Handler]] = {
+        **auth_routes.auth_endpoints(prefix),
+        "/.well-known/jwks.json": {"GET": _jwks},
+        "/healthz": {"GET": _healthz},
+        "/readyz": {"GET": _readyz},
+    }
+    sessions_prefix = f"{prefix}/sessions/"
+    routes = RouteTable(config.routes)
+    forwarder = Forwarder(config)
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        target = normalize_target(request.raw_path)
+        path = target.path
+        methods = endpoints.get(path)
+        if methods is None and under_prefix(path, prefix):
+            await auth_routes.reject_token_in_url(request)
+            if path.startswith(sessions_prefix) and "/" not in path[len(sessions_prefix) :]:
+                if request.method != "DELETE":
+                    raise MethodNotAllowed("use DELETE", allow=("DELETE",))
+                return await auth_routes.delete_session(request, path[len(sessions_prefix) :])
+            raise NoRoute(f"no gateway endpoint at {path}")
+        if methods is not None:
+            if under_prefix(path, prefix):
+                await auth_routes.reject_token_in_url(request)
+            handler = methods.get(request.method) or (methods.get("GET") if request.method == "HEAD" else None)
+            if handler is None:
+                raise MethodNotAllowed(f"{request.method} is not allowed here", allow=tuple(methods))
+            return await handler(request)
+        route = routes.match(path)
+        if route is None:
+            raise NoRoute("no route matches this path")
+        principal = None
+        if route.auth != "public":
+            principal = authenticate(request, required=route.auth == "required")
+        return await forwarder.forward(request, route, target, principal)
+
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_client_ctx)
+    app.cleanup_ctx.append(_revocation_ctx)
+    app.on_shutdown.append(_close_all_websockets)
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[CONFIG]
+    store = await open_store(cfg.store)
+    app[STORE] = store
+
+    def on_revoke(ids: list[str]) -> None:
+        new = app[REVOKED].add(ids, at=app[CLOCK]())
+        if new:
+            task = asyncio.get_running_loop().create_task(close_websockets(app, new))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+    app[SESSIONS] = SessionService(store=store, keys=app[KEYRING], config=cfg, on_revoke=on_revoke, clock=app[CLOCK])
+    try:
+        yield
+    finally:
+        await store.aclose()
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30, enable_cleanup_closed=False)
+    # One pooled session per app; auto_decompress=False keeps Content-Encoding and bodies as the upstream sent them,
+    # and a dummy cookie jar stops cookies of one client leaking into another's requests.
+    session = aiohttp.ClientSession(
+        connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=None)
+    )
+    app[CLIENT] = session
+    try:
+        yield
+    finally:
+        await session.close()
+
+
+async def _revocation_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Keeps REVOKED in step with the store's revocation log, for revocations made by other processes."""
+    cfg = app[CONFIG]
+    store = app[STORE]
+    revoked = app[REVOKED]
+    window = (cfg.tokens.access_ttl + cfg.tokens.leeway).total_seconds() + 60
+    events = await store.revocations_since(0, not_before=app[CLOCK]() - window)
+    revoked.add([e.session_id for e in events], at=app[CLOCK]())
+    revoked.last_seq = events[-1].seq if events else revoked.last_seq
+    interval = cfg.server.revocation_poll.total_seconds()
+
+    async def poll() -> None:
+        last_prune = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            now = app[CLOCK]()
+            try:
+                events = await store.revocations_since(revoked.last_seq)
+                if events:
+                    revoked.last_seq = events[-1].seq
+                    new = revoked.add([e.session_id for e in events], at=now)
+                    if new:
+                        await close_websockets(app, new)
+                if now - last_prune > 3600:
+                    last_prune = now
+                    revoked.prune(before=now - window)
+                    await store.prune(now=now, revocations_before=now - window)
+            except StoreError as exc:
+                store_log.warning("revocation poll failed: %s", exc)
+
+    task = asyncio.create_task(poll())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _close_all_websockets(app: web.Application) -> None:
+    await close_websockets(app, list(app[WEBSOCKETS]), code=1001)

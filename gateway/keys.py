@@ -1,0 +1,43 @@
+"""Every typed `web.AppKey` and `web.RequestKey` of the gateway, in one place.
+
+Must not: hold values or logic; the app's `cleanup_ctx` steps fill the app keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import ClientSession, web
+
+from gateway.config import Config
+from gateway.revocations import RevokedSessions
+from gateway.sessions import SessionService
+from gateway.store import Store
+from gateway.tokens import KeyRing, Principal
+
+__all__ = [
+    "CLIENT",
+    "CLOCK",
+    "CONFIG",
+    "KEYRING",
+    "PRINCIPAL",
+    "REQUEST_ID",
+    "REVOKED",
+    "SESSIONS",
+    "STORE",
+    "WEBSOCKETS",
+]
+
+CONFIG = web.AppKey("config", Config)
+# Epoch seconds; tests inject a fake clock to move time without sleeping.
+CLOCK = web.AppKey("clock", Callable[[], float])
+KEYRING = web.AppKey("keyring", KeyRing)
+STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
+SESSIONS = web.AppKey("sessions", SessionService)
+CLIENT = web.AppKey("client", ClientSession)
+REVOKED = web.AppKey("revoked", RevokedSessions)
+# Open proxied WebSockets by session id, so a revocation can close them at once.
+WEBSOCKETS = web.AppKey("websockets", dict[str, set[web.WebSocketResponse]])
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+REQUEST_ID = web.RequestKey("request_id", str)

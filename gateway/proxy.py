@@ -1,0 +1,280 @@
+"""The streaming forwarder: header policy both ways, HTTP bodies and WebSockets, upstream failures.
+
+Must not: decide who the caller is (it receives the Principal or None), buffer a body of unknown
+size, or let a client-sent identity header, gateway cookie or hop-by-hop header through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.auth import client_ip, peer_trusted
+from gateway.config import Config, RouteConfig
+from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.keys import CLIENT, REQUEST_ID, WEBSOCKETS
+from gateway.log import proxy_log
+from gateway.paths import RouteTable, Target
+from gateway.tokens import Principal
+
+__all__ = ["HOP_BY_HOP", "WS_CLOSE_REVOKED", "Forwarder", "close_websockets"]
+
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+     "te", "trailer", "trailers", "transfer-encoding", "upgrade"}
+)  # fmt: skip
+_SMALL_BODY = 64 * 1024
+_CHUNK = 64 * 1024
+# Close codes that are legal to send in a close frame (RFC 6455 7.4); others are reported as 1011.
+_SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+WS_CLOSE_REVOKED = 1008
+
+
+@dataclass(frozen=True, slots=True)
+class _RoutePlan:
+    """Per-route values computed once at startup."""
+
+    route: RouteConfig
+    origin: str
+    base_path: str
+    timeout: aiohttp.ClientTimeout
+    ws_timeout: aiohttp.ClientWSTimeout
+
+
+class Forwarder:
+    """Forwards normalized requests to their route's upstream."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        ih = cfg.identity_headers
+        self._identity = (ih.user_id, ih.email, ih.session_id)
+        self._strip = HOP_BY_HOP | {
+            h.lower() for h in self._identity
+        } | {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "expect", "cookie"}
+        self._gateway_cookies = {cfg.cookies.access_name, cfg.cookies.refresh_name}
+        self._plans: dict[str, _RoutePlan] = {}
+        for route in cfg.routes:
+            url = URL(route.upstream)
+            t = route.timeout.total_seconds()
+            self._plans[route.prefix] = _RoutePlan(
+                route=route,
+                origin=str(url.origin()),
+                base_path=url.raw_path.rstrip("/"),
+                timeout=aiohttp.ClientTimeout(total=None, connect=t, sock_connect=t, sock_read=t),
+                ws_timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=t),
+            )
+
+    def upstream_url(self, route: RouteConfig, target: Target) -> URL:
+        """The exact URL sent upstream: origin, base path, the authorised path re-encoded, the raw query."""
+        plan = self._plans[route.prefix]
+        path = plan.base_path + RouteTable.upstream_path(route, target.encoded)
+        raw = plan.origin + path + ("?" + target.query if target.query else "")
+        # encoded=True: yarl and aiohttp must send these bytes as they are, not re-normalise them.
+        return URL(raw, encoded=True)
+
+    def request_headers(self, request: web.Request, route: RouteConfig, principal: Principal | None) -> CIMultiDict[str]:
+        """Client headers minus hop-by-hop (also those named in Connection) and ours, then ours added."""
+        named = {
+            token.strip().lower() for value in request.headers.getall("Connection", ()) for token in value.split(",")
+        }
+        strip = self._strip | named if named else self._strip
+        out: CIMultiDict[str] = CIMultiDict()
+        forward_auth = route.forward_authorization
+        for name, value in request.headers.items():
+            low = name.lower()
+            if low in strip or (low == "authorization" and not forward_auth):
+                continue
+            out.add(name, value)
+        cookie = self._filter_cookies(request.headers.getall("Cookie", ()))
+        if cookie:
+            out["Cookie"] = cookie
+        trusted = peer_trusted(request, self.cfg)
+        peer = request.remote or ""
+        if trusted and "X-Forwarded-For" in request.headers:
+            out["X-Forwarded-For"] = ", ".join(request.headers.getall("X-Forwarded-For")) + ", " + peer
+        else:
+            out["X-Forwarded-For"] = peer
+        proto = "https" if request.secure else "http"
+        host = request.headers.get("Host", "")
+        if trusted:
+            proto = request.headers.get("X-Forwarded-Proto", proto)
+            host = request.headers.get("X-Forwarded-Host", host)
+        out["X-Forwarded-Proto"] = proto
+        if host:
+            out["X-Forwarded-Host"] = host
+        out["X-Request-Id"] = request[REQUEST_ID]
+        if route.preserve_host and "Host" in request.headers:
+            out["Host"] = request.headers["Host"]
+        if principal is not None:
+            out[self._identity[0]] = principal.sub
+            out[self._identity[1]] = principal.email
+            out[self._identity[2]] = principal.sid
+        return out
+
+    def _filter_cookies(self, values: list[str] | tuple[str, ...]) -> str:
+        """The Cookie header without the gateway's own cookies; other cookies pass byte for byte."""
+        kept: list[str] = []
+        for value in values:
+            for pair in value.split(";"):
+                name = pair.split("=", 1)[0].strip()
+                if pair.strip() and name not in self._gateway_cookies:
+                    kept.append(pair.strip())
+        return "; ".join(kept)
+
+    def response_headers(self, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+        """Upstream headers minus hop-by-hop and minus any Set-Cookie naming a gateway cookie."""
+        named = {t.strip().lower() for v in upstream.headers.getall("Connection", ()) for t in v.split(",")}
+        out: CIMultiDict[str] = CIMultiDict()
+        for name, value in upstream.headers.items():
+            low = name.lower()
+            if low in HOP_BY_HOP or low in named:
+                continue
+            if low == "set-cookie" and value.split("=", 1)[0].strip() in self._gateway_cookies:
+                proxy_log.warning("dropped upstream Set-Cookie for a gateway cookie")
+                continue
+            out.add(name, value)
+        return out
+
+    async def forward(self, request: web.Request, route: RouteConfig, target: Target, principal: Principal | None) -> web.StreamResponse:
+        """Proxies one request; raises UpstreamError/UpstreamTimeout before any byte is sent back."""
+        if request.headers.get("Upgrade", "").lower() == "websocket" and request.method == "GET":
+            return await self._websocket(request, route, target, principal)
+        plan = self._plans[route.prefix]
+        url = self.upstream_url(route, target)
+        headers = self.request_headers(request, route, principal)
+        data = request.content if request.body_exists else None
+        session = request.app[CLIENT]
+        try:
+            upstream = await session.request(
+                request.method, url, headers=headers, data=data, allow_redirects=False, timeout=plan.timeout,
+                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+            )  # fmt: skip
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout("the upstream did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            proxy_log.warning("upstream error route=%s error=%s", route.prefix, type(exc).__name__)
+            raise UpstreamError("the upstream could not be reached") from exc
+        try:
+            return await self._relay(request, upstream)
+        finally:
+            upstream.release()
+
+    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+        headers = self.response_headers(upstream)
+        headers["X-Request-Id"] = request[REQUEST_ID]
+        length = upstream.content_length
+        if length is not None and length <= _SMALL_BODY and request.method != "HEAD":
+            try:
+                body = await upstream.read()
+            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                raise UpstreamTimeout("the upstream stalled while sending its answer") from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamError("the upstream broke off its answer") from exc
+            headers.pop("Content-Length", None)
+            response = web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+            if "Content-Type" not in upstream.headers:
+                # web.Response would add application/octet-stream; the client must see what the upstream sent.
+                response.headers.pop("Content-Type", None)
+            return response
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+        except (TimeoutError, aiohttp.ClientError, ConnectionResetError) as exc:
+            # Headers are already out: the only honest signal left is to cut the connection, so a
+            # truncated body is never mistaken for a complete one.
+            proxy_log.warning("upstream body broke off request_id=%s error=%s", request[REQUEST_ID], type(exc).__name__)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        await response.write_eof()
+        return response
+
+    async def _websocket(self, request: web.Request, route: RouteConfig, target: Target, principal: Principal | None) -> web.StreamResponse:
+        plan = self._plans[route.prefix]
+        url = self.upstream_url(route, target)
+        headers = self.request_headers(request, route, principal)
+        for name in list(headers):
+            if name.lower().startswith("sec-websocket-"):
+                del headers[name]
+        protocols = tuple(
+            p.strip() for v in request.headers.getall("Sec-WebSocket-Protocol", ()) for p in v.split(",") if p.strip()
+        )
+        session = request.app[CLIENT]
+        try:
+            upstream = await session.ws_connect(
+                url.with_scheme("wss" if url.scheme == "https" else "ws"), headers=headers, protocols=protocols,
+                timeout=plan.ws_timeout, autoping=True, max_msg_size=0,
+            )  # fmt: skip
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout("the upstream did not accept the WebSocket in time") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError("the upstream refused the WebSocket") from exc
+        client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (), max_msg_size=0)
+        registry = request.app[WEBSOCKETS]
+        try:
+            await client.prepare(request)
+            if principal is not None:
+                registry.setdefault(principal.sid, set()).add(client)
+            await _pump(client, upstream)
+        finally:
+            if principal is not None:
+                peers = registry.get(principal.sid)
+                if peers is not None:
+                    peers.discard(client)
+                    if not peers:
+                        registry.pop(principal.sid, None)
+            await upstream.close()
+        return client
+
+
+async def _pump(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
+    """Relays messages both ways until either side closes, then closes the other with the same code."""
+
+    async def to_upstream() -> None:
+        async for msg in client:
+            if msg.type == WSMsgType.TEXT:
+                await upstream.send_str(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await upstream.send_bytes(msg.data)
+        code = client.close_code or 1000
+        await upstream.close(code=code if code in _SENDABLE or 3000 <= code < 5000 else 1000)
+
+    async def to_client() -> None:
+        async for msg in upstream:
+            if msg.type == WSMsgType.TEXT:
+                await client.send_str(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await client.send_bytes(msg.data)
+        code = upstream.close_code or 1011
+        await client.close(code=code if code in _SENDABLE or 3000 <= code < 5000 else 1011)
+
+    tasks = [asyncio.create_task(to_upstream()), asyncio.create_task(to_client())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if not client.closed:
+            await client.close(code=1011)
+
+
+async def close_websockets(app: web.Application, session_ids: list[str], *, code: int = WS_CLOSE_REVOKED) -> None:
+    """Closes every proxied WebSocket of these sessions (their access was revoked)."""
+    registry = app[WEBSOCKETS]
+    for sid in session_ids:
+        for ws in list(registry.pop(sid, ())):
+            with contextlib.suppress(Exception):
+                await ws.close(code=code, message=b"session revoked")
+
