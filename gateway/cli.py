@@ -1,0 +1,191 @@
+"""The `gateway` command: argv parsing, logging setup, `serve`, `check-config` and the admin commands.
+
+Must not: print a traceback or a secret; every failure is one line on stderr and exit 1 (2 for usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import os
+import ssl
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import NoReturn
+
+from gateway.config import Config, load_config, masked
+from gateway.errors import ConfigError, GatewayError
+from gateway.log import JsonFormatter, TextFormatter
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"gateway: {message} (see --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="TOML file (default: $GATEWAY_CONFIG, then ./config.toml)")
+    top = _Parser(prog="gateway", description="Authentication gateway: a reverse proxy that owns login and sessions.")
+    top.add_argument("--config", default=None, help="TOML file (default: $GATEWAY_CONFIG, then ./config.toml)")
+    sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("serve", parents=[common], help="run the gateway")
+    sub.add_parser("check-config", parents=[common], help="validate and print the effective config, secrets masked")
+    users = sub.add_parser("users", parents=[common], help="manage users").add_subparsers(dest="action", required=True, parser_class=_Parser)
+    add = users.add_parser("add", parents=[common], help="create a user")
+    add.add_argument("email")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    users.add_parser("list", parents=[common], help="list users")
+    for name in ("disable", "enable"):
+        users.add_parser(name, parents=[common], help=f"{name} a user").add_argument("email")
+    setpw = users.add_parser("set-password", parents=[common], help="set a new password (revokes all sessions)")
+    setpw.add_argument("email")
+    setpw.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    sessions = sub.add_parser("sessions", parents=[common], help="view and revoke sessions").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    sessions.add_parser("list", parents=[common], help="a user's live sessions").add_argument("email")
+    revoke = sessions.add_parser("revoke", parents=[common], help="revoke sessions")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--user", metavar="EMAIL")
+    which.add_argument("--session", metavar="ID")
+    return top
+
+
+def _config_path(args: argparse.Namespace) -> str:
+    return args.config or os.environ.get("GATEWAY_CONFIG") or "config.toml"
+
+
+def _setup_logging(cfg: Config) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if cfg.log.format == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(cfg.log.level)
+    # aiohttp's own access log would duplicate ours and print client headers.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _read_password(*, from_stdin: bool) -> str:
+    if from_stdin:
+        line = sys.stdin.readline()
+        return line[:-1] if line.endswith("\n") else line
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Repeat password: ") != first:
+        raise GatewayError("the passwords do not match")
+    return first
+
+
+def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
+    if cfg.server.tls_cert is None or cfg.server.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cfg.server.tls_cert, cfg.server.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError([f"server.tls_cert: cannot load certificate and key: {exc}"], source=cfg.source) from None
+    return context
+
+
+def _serve(cfg: Config) -> None:
+    from aiohttp import web
+
+    from gateway.app import create_app
+    from gateway.tokens import KeyRing
+
+    _setup_logging(cfg)
+    keyring = KeyRing(cfg.tokens)
+    context = _ssl_context(cfg)
+    scheme = "https" if context else "http"
+    web.run_app(
+        create_app(cfg, keyring=keyring),
+        host=cfg.server.host,
+        port=cfg.server.port,
+        ssl_context=context,
+        access_log=None,
+        shutdown_timeout=cfg.server.shutdown_timeout.total_seconds(),
+        print=lambda _: print(f"gateway listening on {scheme}://{cfg.server.host}:{cfg.server.port}", file=sys.stderr),
+    )
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _admin(cfg: Config, args: argparse.Namespace) -> int:
+    from gateway.sessions import SessionService
+    from gateway.store import open_store
+    from gateway.tokens import KeyRing
+
+    store = await open_store(cfg.store)
+    try:
+        service = SessionService(store=store, keys=KeyRing(cfg.tokens), config=cfg)
+        if args.command == "users":
+            if args.action == "add":
+                user = await service.add_user(args.email, _read_password(from_stdin=args.password_stdin))
+                print(f"created user {user.email} id={user.id}")
+            elif args.action == "list":
+                for u in await store.list_users():
+                    print(f"{u.id}\t{u.email}\t{'disabled' if u.disabled else 'active'}\t{_iso(u.created_at)}")
+            elif args.action in ("disable", "enable"):
+                revoked = await service.set_disabled(args.email, disabled=args.action == "disable")
+                print(f"{args.action}d {args.email.strip()}; revoked {len(revoked)} session(s)")
+            elif args.action == "set-password":
+                user = await service.get_user(args.email)
+                revoked = await service.set_password(user.email, _read_password(from_stdin=args.password_stdin))
+                print(f"password set for {user.email}; revoked {len(revoked)} session(s)")
+        elif args.command == "sessions":
+            if args.action == "list":
+                user = await service.get_user(args.email)
+                for s in await service.list_sessions(user.id):
+                    print(f"{s.id}\tcreated={_iso(s.created_at)}\tlast_used={_iso(s.last_used_at)}\texpires={_iso(s.expires_at)}\tip={s.ip}\tua={s.user_agent}")
+            elif args.user:
+                user = await service.get_user(args.user)
+                revoked = await service.revoke_user(user.id, reason="admin")
+                print(f"revoked {len(revoked)} session(s) of {user.email}")
+            else:
+                revoked = await service.revoke_session(args.session, reason="admin")
+                if not revoked and await store.find_session(session_id=args.session) is None:
+                    raise GatewayError(f"no session {args.session}")
+                print(f"revoked {len(revoked)} session(s)")
+    finally:
+        await store.aclose()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `gateway` console script and `python -m gateway`."""
+    args = _parser().parse_args(argv)
+    path = _config_path(args)
+    try:
+        cfg = load_config(path)
+        if args.command == "check-config":
+            from gateway.tokens import KeyRing
+
+            KeyRing(cfg.tokens)
+            print(json.dumps(masked(cfg), indent=2))
+            return 0
+        if args.command == "serve":
+            _serve(cfg)
+            return 0
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        logging.getLogger("gateway.audit").setLevel(logging.WARNING)
+        return asyncio.run(_admin(cfg, args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{exc.source or path}: {problem}", file=sys.stderr)
+        return 1
+    except GatewayError as exc:
+        print(f"gateway: {exc.description or exc.code}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"gateway: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
