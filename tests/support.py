@@ -1,0 +1,137 @@
+"""Test helpers shared by the suites: a fake clock, token minting, config building, gateway processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from gateway.config import Config, parse_config
+
+SECRET = "test-secret-test-secret-test-secret-0123456789"
+OLD_SECRET = "old-secret-old-secret-old-secret-0123456789ab"
+ORIGIN_HOST = "gateway.test"
+
+
+class FakeClock:
+    """Epoch seconds that only move when a test says so."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def build_config(tmp_path: Path, upstream_url: str, **tables: Any) -> Config:
+    """A Config like a TOML file would give, routes pointing at `upstream_url`; `tables` override whole tables."""
+    data: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": 0},
+        "store": {"url": f"sqlite:///{tmp_path / 'gateway.db'}"},
+        "tokens": {"secret": SECRET, "access_ttl": "5m", "reuse_grace": "10s", "leeway": "0s"},
+        "routes": [
+            {"prefix": "/api", "upstream": upstream_url, "auth": "required", "timeout": "5s"},
+            {"prefix": "/public", "upstream": upstream_url, "auth": "public"},
+            {"prefix": "/opt", "upstream": upstream_url + "/api/echo", "auth": "optional", "strip_prefix": True},
+        ],
+    }
+    for name, value in tables.items():
+        if isinstance(value, dict) and isinstance(data.get(name), dict):
+            data[name] = {**data[name], **value}
+        else:
+            data[name] = value
+    return parse_config(data, base=tmp_path, source="test.toml", env={})
+
+
+def mint(
+    *,
+    secret: str = SECRET,
+    algorithm: str = "HS256",
+    kid: str | None = None,
+    headers: dict[str, Any] | None = None,
+    now: float | None = None,
+    drop: tuple[str, ...] = (),
+    **claims: Any,
+) -> str:
+    """An access token as a test wants it: sound by default, every field overridable or droppable."""
+    from gateway.config import TokenConfig
+    from gateway.tokens import KeyRing
+
+    t = int(time.time() if now is None else now)
+    body: dict[str, Any] = {
+        "iss": "gateway", "aud": "api", "sub": "user-1", "sid": "session-1", "jti": uuid.uuid4().hex,
+        "iat": t, "exp": t + 300, "email": "user@example.com",
+    }  # fmt: skip
+    body.update(claims)
+    for name in drop:
+        body.pop(name, None)
+    if kid is None and algorithm == "HS256":
+        kid = KeyRing(TokenConfig(secret=secret)).current_kid
+    hdr: dict[str, Any] = {"typ": "at+jwt"}
+    if kid is not None:
+        hdr["kid"] = kid
+    hdr.update(headers or {})
+    return jwt.encode(body, secret, algorithm=algorithm, headers=hdr)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_toml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@contextmanager
+def gateway_process(config_path: Path, port: int, *, env: dict[str, str] | None = None, timeout: float = 20) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m gateway serve` as a real separate process, ready when /healthz answers."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config_path)],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=timeout, proc=proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def wait_http(url: str, *, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"process exited with {proc.returncode}: {err}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up within {timeout}s")
