@@ -93,25 +93,34 @@ def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
     return context
 
 
-def _serve(cfg: Config) -> None:
+def _serve(cfg: Config, config_path: str) -> int:
     from aiohttp import web
 
     from gateway.app import create_app
     from gateway.tokens import KeyRing
+    from gateway.workers import WORKER_ENV, supervise
 
     _setup_logging(cfg)
     keyring = KeyRing(cfg.tokens)
     context = _ssl_context(cfg)
     scheme = "https" if context else "http"
+    worker = os.environ.get(WORKER_ENV)
+    if cfg.server.workers > 1 and worker is None:
+        return supervise(os.path.abspath(config_path), cfg.server.workers, stop_timeout=cfg.server.shutdown_timeout.total_seconds() + 5)
     web.run_app(
         create_app(cfg, keyring=keyring),
         host=cfg.server.host,
         port=cfg.server.port,
         ssl_context=context,
         access_log=None,
+        reuse_port=worker is not None,
         shutdown_timeout=cfg.server.shutdown_timeout.total_seconds(),
-        print=lambda _: print(f"gateway listening on {scheme}://{cfg.server.host}:{cfg.server.port}", file=sys.stderr),
+        print=lambda _: print(
+            f"gateway {'worker ' + worker + ' ' if worker else ''}listening on {scheme}://{cfg.server.host}:{cfg.server.port}",
+            file=sys.stderr,
+        ),
     )
+    return 0
 
 
 def _iso(ts: float) -> str:
@@ -172,8 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(masked(cfg), indent=2))
             return 0
         if args.command == "serve":
-            _serve(cfg)
-            return 0
+            return _serve(cfg, path)
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
         logging.getLogger("gateway.audit").setLevel(logging.WARNING)
         return asyncio.run(_admin(cfg, args))

@@ -63,3 +63,53 @@ def make_gateway(aiohttp_client: Any, clock: FakeClock) -> MakeGateway:
 async def gateway(make_gateway: MakeGateway, make_config: MakeConfig) -> TestClient[Any, Any]:
     """A gateway with the default test config (routes /api required, /public public, /opt optional)."""
     return await make_gateway(make_config())
+
+
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Any:
+    """A throw-away PostgreSQL database for this test run (dropped at the end), or a skip when no server answers.
+
+    CI sets GATEWAY_REQUIRE_POSTGRES=1, which turns the skip into a failure.
+    """
+    import asyncio
+    import os
+    import uuid
+
+    asyncpg = pytest.importorskip("asyncpg")
+    name = f"gateway_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        if os.environ.get("GATEWAY_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required here but unreachable: {exc}")
+        pytest.skip(f"no PostgreSQL server reachable at 127.0.0.1:5432: {exc}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def pg_url(pg_database: str) -> str:
+    """The run's PostgreSQL database, emptied before each test."""
+    import asyncpg
+
+    conn = await asyncpg.connect(pg_database)
+    try:
+        tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'schema_version'")
+        if tables:
+            await conn.execute("TRUNCATE " + ", ".join(f'"{t[0]}"' for t in tables) + " RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+    return pg_database

@@ -1,0 +1,304 @@
+"""The PostgreSQL backend (asyncpg) for several gateway processes or machines sharing one store.
+
+Must not: import aiohttp, tokens or another backend; or rotate a token without holding its row lock
+(`SELECT ... FOR UPDATE`), which is what makes one presentation win under any concurrency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import asyncpg
+
+from gateway.errors import Conflict, StoreError, StoreUnavailable
+from gateway.store import RevocationEvent, RotateOutcome, SessionRecord, UserRecord
+
+__all__ = ["MIGRATIONS", "PostgresStore"]
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        email TEXT NOT NULL,
+        email_key TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        disabled BOOLEAN NOT NULL DEFAULT FALSE,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created_at DOUBLE PRECISION NOT NULL,
+        last_used_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        absolute_expires_at DOUBLE PRECISION NOT NULL,
+        remember_me BOOLEAN NOT NULL,
+        user_agent TEXT NOT NULL DEFAULT '',
+        ip TEXT NOT NULL DEFAULT '',
+        revoked_at DOUBLE PRECISION,
+        revoked_reason TEXT
+    );
+    CREATE INDEX sessions_user ON sessions(user_id);
+    CREATE TABLE refresh_tokens (
+        token_hash TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+        issued_at DOUBLE PRECISION NOT NULL,
+        rotated_at DOUBLE PRECISION,
+        successor_hash TEXT
+    );
+    CREATE INDEX refresh_tokens_session ON refresh_tokens(session_id);
+    CREATE TABLE revocations (
+        seq BIGSERIAL PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        revoked_at DOUBLE PRECISION NOT NULL,
+        recorded_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+    );
+    CREATE INDEX revocations_recorded ON revocations(recorded_at);
+    """,
+)
+
+_MIGRATION_LOCK = 0x6761_7465_7761_79  # an arbitrary constant shared by every gateway instance
+# Sequence numbers are handed out at insert but become visible at commit, so a smaller number can
+# appear after a larger one was read; re-reading this recent window catches those late commits.
+_LATE_COMMIT_WINDOW = "10 seconds"
+
+_SESSION_COLS = (
+    "s.id, s.user_id, s.created_at, s.last_used_at, s.expires_at, s.absolute_expires_at, "
+    "s.remember_me, s.user_agent, s.ip, s.revoked_at, s.revoked_reason"
+)
+_USER_COLS = "u.id, u.email, u.email_key, u.password_hash, u.disabled, u.created_at"
+
+
+def _session(r: Any, o: int = 0) -> SessionRecord:
+    return SessionRecord(
+        id=r[o], user_id=r[o + 1], created_at=r[o + 2], last_used_at=r[o + 3], expires_at=r[o + 4],
+        absolute_expires_at=r[o + 5], remember_me=r[o + 6], user_agent=r[o + 7], ip=r[o + 8],
+        revoked_at=r[o + 9], revoked_reason=r[o + 10],
+    )  # fmt: skip
+
+
+def _user(r: Any, o: int = 0) -> UserRecord:
+    return UserRecord(id=r[o], email=r[o + 1], email_key=r[o + 2], password_hash=r[o + 3], disabled=r[o + 4], created_at=r[o + 5])
+
+
+class PostgresStore:
+    """`Store` on PostgreSQL through an asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> PostgresStore:
+        """Connects and migrates under an advisory lock, so instances starting together migrate once."""
+        try:
+            pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, command_timeout=10)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        store = cls(pool)
+        try:
+            await store._migrate()
+        except BaseException:
+            await pool.close()
+            raise
+        return store
+
+    async def _migrate(self) -> None:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                version = await conn.fetchval("SELECT version FROM schema_version")
+                if version is None:
+                    await conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+                    version = 0
+                if version > len(MIGRATIONS):
+                    raise StoreError(f"database schema version {version} is newer than this gateway ({len(MIGRATIONS)})")
+                for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                    await conn.execute(script)
+                    await conn.execute("UPDATE schema_version SET version = $1", number)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"PostgreSQL migration failed: {exc}") from exc
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        try:
+            return list(await self._pool.fetch(sql, *args))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+
+    async def create_user(self, *, user_id: str, email: str, email_key: str, password_hash: str, now: float) -> UserRecord:
+        try:
+            await self._pool.execute(
+                "INSERT INTO users (id, email, email_key, password_hash, disabled, created_at, updated_at)"
+                " VALUES ($1, $2, $3, $4, FALSE, $5, $5)",
+                user_id, email, email_key, password_hash, now,
+            )  # fmt: skip
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict(f"a user with email {email} already exists") from exc
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+        return UserRecord(id=user_id, email=email, email_key=email_key, password_hash=password_hash, disabled=False, created_at=now)
+
+    async def get_user(self, *, email_key: str | None = None, user_id: str | None = None) -> UserRecord | None:
+        if email_key is not None:
+            rows = await self._fetch(f"SELECT {_USER_COLS} FROM users u WHERE u.email_key = $1", email_key)
+        else:
+            rows = await self._fetch(f"SELECT {_USER_COLS} FROM users u WHERE u.id = $1", user_id)
+        return _user(rows[0]) if rows else None
+
+    async def list_users(self) -> list[UserRecord]:
+        rows = await self._fetch(f"SELECT {_USER_COLS} FROM users u ORDER BY u.created_at, u.email_key")
+        return [_user(r) for r in rows]
+
+    async def update_user(
+        self, user_id: str, *, now: float, password_hash: str | None = None, disabled: bool | None = None
+    ) -> list[str]:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                if password_hash is not None:
+                    await conn.execute("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3", password_hash, now, user_id)
+                if disabled is not None:
+                    await conn.execute("UPDATE users SET disabled = $1, updated_at = $2 WHERE id = $3", disabled, now, user_id)
+                if password_hash is None and not disabled:
+                    return []
+                reason = "password_changed" if password_hash is not None else "user_disabled"
+                return await _revoke_where(conn, "user_id = $3", user_id, now=now, reason=reason)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+
+    async def create_session(self, session: SessionRecord, *, token_hash: str) -> None:
+        s = session
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at, absolute_expires_at,"
+                    " remember_me, user_agent, ip) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    s.id, s.user_id, s.created_at, s.last_used_at, s.expires_at, s.absolute_expires_at,
+                    s.remember_me, s.user_agent, s.ip,
+                )  # fmt: skip
+                await conn.execute(
+                    "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1, $2, $3)",
+                    token_hash, s.id, s.created_at,
+                )  # fmt: skip
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+
+    async def rotate(
+        self,
+        *,
+        token_hash: str,
+        successor_hash: str,
+        now: float,
+        grace_s: float,
+        remember_ttl_s: float,
+        session_ttl_s: float,
+    ) -> RotateOutcome:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                token = await conn.fetchrow(
+                    "SELECT rotated_at, successor_hash, session_id FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
+                    token_hash,
+                )
+                if token is None:
+                    return RotateOutcome(kind="invalid", reason="unknown")
+                # A new statement after the lock: in READ COMMITTED it sees what the winner committed.
+                row = await conn.fetchrow(
+                    f"SELECT {_SESSION_COLS}, {_USER_COLS},"
+                    " (SELECT c.rotated_at IS NULL FROM refresh_tokens c WHERE c.token_hash = $2)"
+                    " FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1 FOR UPDATE OF s",
+                    token["session_id"], token["successor_hash"],
+                )  # fmt: skip
+                session, user, child_is_current = _session(row), _user(row, 11), bool(row[17])
+                if session.revoked_at is not None:
+                    return RotateOutcome(kind="invalid", session=session, user=user, reason="revoked")
+                if user.disabled:
+                    return RotateOutcome(kind="invalid", session=session, user=user, reason="user_disabled")
+                if now >= session.expires_at or now >= session.absolute_expires_at:
+                    return RotateOutcome(kind="invalid", session=session, user=user, reason="expired")
+                rotated_at = token["rotated_at"]
+                if rotated_at is not None:
+                    if token["successor_hash"] == successor_hash and child_is_current and now - rotated_at <= grace_s:
+                        return RotateOutcome(kind="twin", session=session, user=user, reason="within_grace")
+                    await _revoke_where(conn, "id = $3", session.id, now=now, reason="refresh_token_reused")
+                    return RotateOutcome(kind="reused", session=session, user=user, reason="refresh_token_reused")
+                ttl = remember_ttl_s if session.remember_me else session_ttl_s
+                expires_at = min(now + ttl, session.absolute_expires_at)
+                await conn.execute(
+                    "UPDATE refresh_tokens SET rotated_at = $1, successor_hash = $2 WHERE token_hash = $3",
+                    now, successor_hash, token_hash,
+                )  # fmt: skip
+                await conn.execute(
+                    "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1, $2, $3)",
+                    successor_hash, session.id, now,
+                )  # fmt: skip
+                await conn.execute(
+                    "UPDATE sessions SET last_used_at = $1, expires_at = $2 WHERE id = $3", now, expires_at, session.id
+                )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+        return RotateOutcome(kind="rotated", session=replace(session, last_used_at=now, expires_at=expires_at), user=user)
+
+    async def find_session(self, *, token_hash: str | None = None, session_id: str | None = None) -> SessionRecord | None:
+        if token_hash is not None:
+            rows = await self._fetch(
+                f"SELECT {_SESSION_COLS} FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id WHERE t.token_hash = $1",
+                token_hash,
+            )
+        else:
+            rows = await self._fetch(f"SELECT {_SESSION_COLS} FROM sessions s WHERE s.id = $1", session_id)
+        return _session(rows[0]) if rows else None
+
+    async def list_sessions(self, user_id: str, *, now: float) -> list[SessionRecord]:
+        rows = await self._fetch(
+            f"SELECT {_SESSION_COLS} FROM sessions s WHERE s.user_id = $1 AND s.revoked_at IS NULL"
+            " AND s.expires_at > $2 AND s.absolute_expires_at > $2 ORDER BY s.created_at DESC",
+            user_id, now,
+        )  # fmt: skip
+        return [_session(r) for r in rows]
+
+    async def revoke(
+        self, *, now: float, reason: str, session_id: str | None = None, user_id: str | None = None
+    ) -> list[str]:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                if session_id is not None:
+                    return await _revoke_where(conn, "id = $3", session_id, now=now, reason=reason)
+                return await _revoke_where(conn, "user_id = $3", user_id, now=now, reason=reason)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+
+    async def revocations_since(self, seq: int, *, not_before: float = 0.0) -> list[RevocationEvent]:
+        rows = await self._fetch(
+            "SELECT seq, session_id, revoked_at FROM revocations WHERE revoked_at >= $2"
+            f" AND (seq > $1 OR recorded_at > clock_timestamp() - interval '{_LATE_COMMIT_WINDOW}') ORDER BY seq",
+            seq, not_before,
+        )  # fmt: skip
+        return [RevocationEvent(seq=r[0], session_id=r[1], revoked_at=r[2]) for r in rows]
+
+    async def prune(self, *, now: float, revocations_before: float) -> int:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                status = await conn.execute("DELETE FROM sessions WHERE absolute_expires_at < $1", now)
+                await conn.execute("DELETE FROM revocations WHERE revoked_at < $1", revocations_before)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+        return int(status.split()[-1])
+
+    async def ping(self) -> None:
+        await self._fetch("SELECT 1")
+
+    async def aclose(self) -> None:
+        await self._pool.close()
+
+
+async def _revoke_where(conn: asyncpg.Connection, where: str, param: Any, *, now: float, reason: str) -> list[str]:
+    """Revokes the live sessions matching `where` (which names its parameter $3) and logs each revocation."""
+    rows = await conn.fetch(
+        f"UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE {where} AND revoked_at IS NULL RETURNING id",
+        now, reason, param,
+    )  # fmt: skip
+    ids = [r[0] for r in rows]
+    if ids:
+        await conn.executemany("INSERT INTO revocations (session_id, revoked_at) VALUES ($1, $2)", [(i, now) for i in ids])
+    return ids

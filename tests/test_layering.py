@@ -1,0 +1,41 @@
+"""The pure modules stay free of aiohttp, and upstream_demo knows nothing of the gateway."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PURE = [
+    "gateway.errors",
+    "gateway.config",
+    "gateway.log",
+    "gateway.tokens",
+    "gateway.paths",
+    "gateway.limits",
+    "gateway.revocations",
+    "gateway.store",
+    "gateway.store.sqlite",
+    "gateway.sessions",
+    "gateway.workers",
+]
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_layering_pure_module_does_not_import_aiohttp(module: str) -> None:
+    code = f"import sys, {module}; print('aiohttp' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_layering_store_port_does_not_import_a_driver() -> None:
+    code = "import sys, gateway.store; print(sorted(m for m in ('aiosqlite', 'asyncpg') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_layering_upstream_demo_never_imports_gateway() -> None:
+    root = Path(__file__).resolve().parent.parent / "upstream_demo"
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        assert "import gateway" not in text and "from gateway" not in text, path
