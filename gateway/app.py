@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -45,6 +47,21 @@ async def _readyz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok"})
 
 
+_CLIENT_JS = Path(__file__).with_name("static") / "client.js"
+
+
+@functools.cache
+def _client_js_bytes() -> bytes:
+    return _CLIENT_JS.read_bytes()
+
+
+async def _client_js(request: web.Request) -> web.StreamResponse:
+    """The browser client module; read once from the package on first use."""
+    return web.Response(
+        body=_client_js_bytes(), content_type="text/javascript", headers={"Cache-Control": "no-cache"}
+    )
+
+
 async def _jwks(request: web.Request) -> web.StreamResponse:
     jwks = request.app[KEYRING].jwks()
     if jwks is None:
@@ -63,6 +80,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     prefix = config.server.auth_prefix
     endpoints: dict[str, dict[str, Handler]] = {
         **auth_routes.auth_endpoints(prefix),
+        f"{prefix}/client.js": {"GET": _client_js},
         "/.well-known/jwks.json": {"GET": _jwks},
         "/healthz": {"GET": _healthz},
         "/readyz": {"GET": _readyz},

@@ -6,6 +6,7 @@ Must not: import anything from `gateway`, or know about tokens, authentication o
 import asyncio
 import gzip
 import hashlib
+from pathlib import Path
 import json
 import math
 import re
@@ -184,6 +185,14 @@ async def redirect(request: web.Request) -> web.Response:
     return web.Response(status=302, headers={"Location": "/api/whoami"})
 
 
+_PAGE = Path(__file__).with_name("static") / "index.html"
+
+
+async def demo_page(request: web.Request) -> web.Response:
+    """The demo page: plain HTML and JS that logs in through the gateway and calls the API."""
+    return web.Response(body=_PAGE.read_bytes(), content_type="text/html", headers={"Cache-Control": "no-cache"})
+
+
 def create_app() -> web.Application:
     """Build the demo upstream application."""
     app = web.Application()
@@ -196,6 +205,7 @@ def create_app() -> web.Application:
     app.router.add_get("/api/gzip", gzip_body)
     app.router.add_get("/api/redirect", redirect)
     app.router.add_get("/public/hello", public_hello)
+    app.router.add_get("/", demo_page)
     # Registered last: the router matches a decoded path, so odd raw paths (%2F, //) must still
     # land somewhere that echoes the raw form. Also covers /api/*, /public/*, /base/* and "/".
     app.router.add_route("*", "/{tail:.*}", echo)

@@ -1,0 +1,173 @@
+// authgateway browser client: a dependency-free ES module around fetch.
+//
+// The access token lives in this module's memory only (never localStorage, sessionStorage or a
+// readable cookie), so a script injected later cannot read it from storage. The refresh token is
+// an HttpOnly cookie scoped to the auth prefix: JavaScript never sees it, and API calls never carry it.
+//
+//   import { createAuthClient } from '/auth/client.js';
+//   const auth = createAuthClient();
+//   await auth.login(email, password, { rememberMe: true });
+//   const res = await auth.fetch('/api/whoami');           // Bearer added; on 401: one refresh, one retry
+//   auth.addEventListener('logged-out', (e) => showLogin(e.detail.reason));
+
+const LOCK_NAME = 'authgateway-refresh';
+const CHANNEL_NAME = 'authgateway';
+
+export class AuthError extends Error {
+  constructor(status, code, description) {
+    super(description || code || `HTTP ${status}`);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function errorFrom(res) {
+  let body = {};
+  try { body = await res.json(); } catch (_) { /* not JSON */ }
+  return new AuthError(res.status, body.error, body.error_description);
+}
+
+export function createAuthClient({ prefix = '/auth', fetchImpl } = {}) {
+  const doFetch = fetchImpl || ((...args) => globalThis.fetch(...args));
+  const events = new EventTarget();
+  let accessToken = null;
+  let generation = 0;        // bumps whenever the token changes, in this tab or from another
+  let inFlight = null;       // the single refresh promise shared by concurrent callers in this tab
+  const channel = typeof BroadcastChannel === 'function' ? new BroadcastChannel(CHANNEL_NAME) : null;
+
+  function emit(type, detail = {}) {
+    events.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  function setToken(token, { broadcast = true } = {}) {
+    accessToken = token;
+    generation += 1;
+    if (broadcast && channel) channel.postMessage({ type: token ? 'token' : 'logged-out', token });
+  }
+
+  if (channel) {
+    channel.onmessage = (msg) => {
+      const data = msg.data || {};
+      if (data.type === 'token' && data.token) {
+        setToken(data.token, { broadcast: false });
+        emit('refreshed', { source: 'other-tab' });
+      } else if (data.type === 'logged-out') {
+        setToken(null, { broadcast: false });
+        emit('logged-out', { reason: data.reason || 'logged-out-elsewhere' });
+      }
+    };
+  }
+
+  async function post(path, body) {
+    return doFetch(`${prefix}${path}`, {
+      method: 'POST',
+      credentials: 'include',
+      headers: body === undefined ? {} : { 'Content-Type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  }
+
+  function loggedOut(reason) {
+    setToken(null, { broadcast: false });
+    if (channel) channel.postMessage({ type: 'logged-out', reason });
+    emit('logged-out', { reason });
+  }
+
+  async function refreshNow(seenGeneration) {
+    // Another tab may have refreshed while this one waited for the lock: its token arrived over
+    // the BroadcastChannel and bumped `generation`, so there is nothing left to do.
+    if (generation !== seenGeneration && accessToken) return accessToken;
+    emit('refreshing');
+    const res = await post('/refresh-token');
+    if (res.ok) {
+      const body = await res.json();
+      setToken(body.access_token || null);
+      emit('refreshed', { source: 'this-tab' });
+      return accessToken;
+    }
+    const err = await errorFrom(res);
+    if (res.status === 401 || res.status === 403) {
+      loggedOut(err.code === 'refresh_token_reused' ? 'reused' : err.code === 'missing_refresh_token' ? 'no-session' : 'revoked');
+    }
+    throw err;
+  }
+
+  function refresh() {
+    if (!inFlight) {
+      const seen = generation;
+      const run = () => refreshNow(seen);
+      const locked = globalThis.navigator && navigator.locks && typeof navigator.locks.request === 'function'
+        ? navigator.locks.request(LOCK_NAME, run)
+        : run();
+      inFlight = locked.finally(() => { inFlight = null; });
+    }
+    return inFlight;
+  }
+
+  function withBearer(init, token) {
+    const headers = new Headers((init && init.headers) || {});
+    if (token) headers.set('Authorization', `Bearer ${token}`);
+    return { ...init, headers, credentials: (init && init.credentials) || 'same-origin' };
+  }
+
+  async function authFetch(input, init = {}) {
+    const seen = generation;
+    const res = await doFetch(input, withBearer(init, accessToken));
+    if (res.status !== 401) return res;
+    // Someone refreshed while this call was out: retry with that token instead of refreshing again.
+    if (generation !== seen && accessToken) return doFetch(input, withBearer(init, accessToken));
+    try {
+      await refresh();
+    } catch (err) {
+      return res;
+    }
+    return doFetch(input, withBearer(init, accessToken));
+  }
+
+  async function login(email, password, { rememberMe = false } = {}) {
+    const res = await post('/login', { email, password, remember_me: rememberMe });
+    if (!res.ok) throw await errorFrom(res);
+    const body = await res.json();
+    setToken(body.access_token || null);
+    emit('logged-in');
+    return body;
+  }
+
+  async function logout() {
+    const res = await doFetch(`${prefix}/logout`, withBearer({ method: 'POST', credentials: 'include' }, accessToken));
+    loggedOut('logout');
+    return res.status === 204;
+  }
+
+  async function logoutAll() {
+    const res = await authFetch(`${prefix}/logout-all`, { method: 'POST', credentials: 'include' });
+    if (res.status !== 204) throw await errorFrom(res);
+    loggedOut('logout');
+    return true;
+  }
+
+  async function sessions() {
+    const res = await authFetch(`${prefix}/sessions`, { credentials: 'include' });
+    if (!res.ok) throw await errorFrom(res);
+    return (await res.json()).sessions;
+  }
+
+  async function revokeSession(id) {
+    const res = await authFetch(`${prefix}/sessions/${encodeURIComponent(id)}`, { method: 'DELETE', credentials: 'include' });
+    if (res.status !== 204) throw await errorFrom(res);
+    return true;
+  }
+
+  return {
+    fetch: authFetch,
+    login,
+    logout,
+    logoutAll,
+    sessions,
+    revokeSession,
+    refresh,
+    get authenticated() { return accessToken !== null; },
+    addEventListener: events.addEventListener.bind(events),
+    removeEventListener: events.removeEventListener.bind(events),
+  };
+}
