@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -101,14 +102,16 @@ def write_toml(path: Path, text: str) -> Path:
 @contextmanager
 def gateway_process(config_path: Path, port: int, *, env: dict[str, str] | None = None, timeout: float = 20) -> Iterator[subprocess.Popen[bytes]]:
     """`python -m gateway serve` as a real separate process, ready when /healthz answers."""
+    # stderr goes to a file, not a pipe: an unread pipe fills up and would stall a chatty gateway.
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(config_path)],
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=timeout, proc=proc)
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=timeout, proc=proc, log=log)
         yield proc
     finally:
         if proc.poll() is None:
@@ -118,15 +121,17 @@ def gateway_process(config_path: Path, port: int, *, env: dict[str, str] | None 
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+        log.close()
 
 
-def wait_http(url: str, *, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_http(url: str, *, timeout: float, proc: subprocess.Popen[bytes] | None = None, log: Any = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
+            err = ""
+            if log is not None:
+                log.seek(0)
+                err = log.read().decode(errors="replace")
             raise RuntimeError(f"process exited with {proc.returncode}: {err}")
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:

@@ -1,0 +1,197 @@
+"""Several gateway processes on one store behave as one: rotation, reuse detection and revocation."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support import SECRET, free_port, gateway_process, wait_http
+
+PASSWORD = "correct horse battery"
+
+
+def _toml(*, port: int, store_url: str, upstream_port: int, workers: int = 1) -> str:
+    return f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+workers = {workers}
+
+[store]
+url = "{store_url}"
+
+[tokens]
+secret = "{SECRET}"
+access_ttl = "5m"
+reuse_grace = "1s"
+leeway = "0s"
+
+[cookies]
+secure = true
+
+[limits]
+login = "1000/minute"
+refresh = "1000/minute"
+
+[log]
+level = "WARNING"
+
+[[routes]]
+prefix = "/api"
+upstream = "http://127.0.0.1:{upstream_port}"
+"""
+
+
+@pytest.fixture(scope="module")
+def upstream_port() -> Iterator[int]:
+    """The demo upstream as its own process."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "upstream_demo", "--port", str(port)], stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/public/hello", timeout=15, proc=None)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@contextmanager
+def _instances(tmp_path: Path, store_url: str, upstream_port: int, *, count: int, workers: int = 1) -> Iterator[list[str]]:
+    with ExitStack() as stack:
+        urls = []
+        for i in range(count):
+            port = free_port()
+            cfg = tmp_path / f"gateway-{i}.toml"
+            cfg.write_text(_toml(port=port, store_url=store_url, upstream_port=upstream_port, workers=workers))
+            stack.enter_context(gateway_process(cfg, port))
+            urls.append(f"http://127.0.0.1:{port}")
+        yield urls
+
+
+def _add_user(config: Path, email: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "gateway", "users", "add", email, "--password-stdin", "--config", str(config)],
+        input=PASSWORD + "\n", text=True, check=True, capture_output=True,
+    )  # fmt: skip
+
+
+async def _login(http: aiohttp.ClientSession, base: str, email: str) -> dict[str, Any]:
+    async with http.post(f"{base}/auth/login", json={"email": email, "password": PASSWORD, "refresh_in_body": True}) as r:
+        assert r.status == 200, await r.text()
+        return await r.json()  # type: ignore[no-any-return]
+
+
+async def _refresh(http: aiohttp.ClientSession, base: str, token: str) -> tuple[int, dict[str, Any]]:
+    async with http.post(f"{base}/auth/refresh-token", json={"refresh_token": token}) as r:
+        return r.status, await r.json()
+
+
+async def _whoami(http: aiohttp.ClientSession, base: str, access: str) -> int:
+    async with http.get(f"{base}/api/whoami", headers={"Authorization": f"Bearer {access}"}) as r:
+        return r.status
+
+
+async def _refused_within(http: aiohttp.ClientSession, base: str, access: str, seconds: float) -> float:
+    """How long until `base` refuses `access` (polling a real gateway, bounded)."""
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        if await _whoami(http, base, access) == 401:
+            return time.monotonic() - start
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{base} still accepted the token after {seconds}s")
+
+
+async def _rotate_replay_logout(a: str, b: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        first = await _login(http, a, "multi@example.com")
+        other = await _login(http, a, "multi@example.com")
+        status, second = await _refresh(http, b, first["refresh_token"])
+        assert status == 200
+        assert await _whoami(http, a, second["access_token"]) == 200
+        await asyncio.sleep(1.2)  # past reuse_grace = 1s: the replay is theft, not a race
+        status, body = await _refresh(http, a, first["refresh_token"])
+        assert (status, body["error"]) == (403, "refresh_token_reused")
+        status, body = await _refresh(http, b, second["refresh_token"])
+        assert (status, body["error"]) == (403, "invalid_refresh_token")
+        await _refused_within(http, a, second["access_token"], 1.0)
+        await _refused_within(http, b, second["access_token"], 1.0)
+        # The user's other login lives on; a logout on B then reaches A within a second.
+        assert await _whoami(http, a, other["access_token"]) == 200
+        async with http.post(f"{b}/auth/logout", json={"refresh_token": other["refresh_token"]}) as r:
+            assert r.status == 204
+        waited = await _refused_within(http, a, other["access_token"], 1.0)
+        assert waited < 1.0
+
+
+async def _concurrent_refreshes(base: str, n: int) -> set[str]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True)) as http:
+        login = await _login(http, base, "multi@example.com")
+        results = await asyncio.gather(*[_refresh(http, base, login["refresh_token"]) for _ in range(n)])
+        assert [s for s, _ in results] == [200] * n
+        successors = {body["refresh_token"] for _, body in results}
+        (successor,) = successors
+        status, _ = await _refresh(http, base, successor)
+        assert status == 200
+        return successors
+
+
+def _pg_rotations(url: str) -> int:
+    import asyncpg
+
+    async def count() -> int:
+        conn = await asyncpg.connect(url)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM refresh_tokens WHERE rotated_at IS NOT NULL"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(count())
+
+
+async def test_multi_instance_postgres_rotate_replay_logout_across_instances(tmp_path: Path, pg_url: str, upstream_port: int) -> None:
+    with _instances(tmp_path, pg_url, upstream_port, count=2) as (a, b):
+        _add_user(tmp_path / "gateway-0.toml", "multi@example.com")
+        await _rotate_replay_logout(a, b)
+
+
+async def test_multi_instance_postgres_four_workers_100_refreshes_one_rotation(tmp_path: Path, pg_url: str, upstream_port: int) -> None:
+    with _instances(tmp_path, pg_url, upstream_port, count=1, workers=4) as (a,):
+        _add_user(tmp_path / "gateway-0.toml", "multi@example.com")
+        await _concurrent_refreshes(a, 100)
+    # One rotation by the 100 presentations, one by the follow-up refresh of the successor.
+    assert await asyncio.to_thread(_pg_rotations, pg_url) == 2
+
+
+async def test_multi_instance_sqlite_two_workers_rotate_replay_logout(tmp_path: Path, upstream_port: int) -> None:
+    db = tmp_path / "shared.db"
+    with _instances(tmp_path, f"sqlite:///{db}", upstream_port, count=1, workers=2) as (a,):
+        _add_user(tmp_path / "gateway-0.toml", "multi@example.com")
+        # Both "instances" are the same port: SO_REUSEPORT spreads connections over the two workers.
+        await _rotate_replay_logout(a, a)
+
+
+async def test_multi_instance_sqlite_two_workers_100_refreshes_one_rotation(tmp_path: Path, upstream_port: int) -> None:
+    db = tmp_path / "shared.db"
+    with _instances(tmp_path, f"sqlite:///{db}", upstream_port, count=1, workers=2) as (a,):
+        _add_user(tmp_path / "gateway-0.toml", "multi@example.com")
+        await _concurrent_refreshes(a, 100)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM refresh_tokens WHERE rotated_at IS NOT NULL").fetchone()[0] == 2
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+async def test_multi_instance_sqlite_two_processes_on_one_file(tmp_path: Path, upstream_port: int) -> None:
+    db = tmp_path / "shared.db"
+    with _instances(tmp_path, f"sqlite:///{db}", upstream_port, count=2) as (a, b):
+        _add_user(tmp_path / "gateway-0.toml", "multi@example.com")
+        await _rotate_replay_logout(a, b)
