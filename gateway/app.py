@@ -9,20 +9,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import auth_routes
 from gateway.auth import authenticate
 from gateway.config import Config
-from gateway.errors import MethodNotAllowed, NoRoute, StoreError
-from gateway.keys import CLIENT, CLOCK, CONFIG, KEYRING, REVOKED, SESSIONS, STORE, WEBSOCKETS
+from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, NoRoute, StoreError
+from gateway.keys import CLIENT, CLOCK, CONFIG, KEYRING, METRICS, REVOKED, ROUTE_LABEL, SESSIONS, STORE, WEBSOCKETS
 from gateway.log import store_log
+from gateway.metrics import Metrics
 from gateway.middleware import error_middleware
+from gateway.openapi import openapi_document
 from gateway.paths import RouteTable, normalize_target, under_prefix
 from gateway.proxy import Forwarder, close_websockets
 from gateway.revocations import RevokedSessions
@@ -33,6 +37,9 @@ from gateway.tokens import KeyRing
 __all__ = ["create_app"]
 
 Handler = auth_routes.Handler
+_MAX_LINE = 8190
+_MAX_FIELD = 8190
+_MAX_HEADERS = 100
 
 
 async def _healthz(request: web.Request) -> web.StreamResponse:
@@ -62,6 +69,24 @@ async def _client_js(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def _metrics(request: web.Request) -> web.StreamResponse:
+    """Prometheus text, only to peers in `server.metrics_networks` (the peer address, never X-Forwarded-For)."""
+    nets = request.app[CONFIG].server.metrics_networks
+    try:
+        peer = ipaddress.ip_address(request.remote or "")
+    except ValueError:
+        peer = None
+    if peer is None or not any(peer in net for net in nets):
+        raise Forbidden("metrics are not served to this address")
+    metrics = request.app[METRICS]
+    metrics.revoked_set.set(len(request.app[REVOKED]))
+    return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _openapi(request: web.Request) -> web.StreamResponse:
+    return web.json_response(openapi_document(request.app[CONFIG]))
+
+
 async def _jwks(request: web.Request) -> web.StreamResponse:
     jwks = request.app[KEYRING].jwks()
     if jwks is None:
@@ -71,8 +96,22 @@ async def _jwks(request: web.Request) -> web.StreamResponse:
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyring: KeyRing | None = None) -> web.Application:
     """The gateway as an aiohttp application; `clock` is injectable for tests."""
-    app = web.Application(middlewares=[error_middleware()], client_max_size=auth_routes.AUTH_BODY_LIMIT)
+    metrics = Metrics()
+    app = web.Application(
+        middlewares=[error_middleware(metrics=metrics, log_access=config.log.access_log)],
+        client_max_size=auth_routes.AUTH_BODY_LIMIT,
+        # auto_decompress=False: a gzip request body must reach the upstream as sent, matching its
+        # Content-Encoding header. The size caps answer oversized request lines and headers with 4xx.
+        handler_args={
+            "auto_decompress": False,
+            "max_line_size": _MAX_LINE,
+            "max_field_size": _MAX_FIELD,
+            "max_headers": _MAX_HEADERS,
+            "keepalive_timeout": 75,
+        },
+    )
     app[CONFIG] = config
+    app[METRICS] = metrics
     app[CLOCK] = clock
     app[KEYRING] = keyring or KeyRing(config.tokens)
     app[REVOKED] = RevokedSessions()
@@ -81,9 +120,11 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     endpoints: dict[str, dict[str, Handler]] = {
         **auth_routes.auth_endpoints(prefix),
         f"{prefix}/client.js": {"GET": _client_js},
+        f"{prefix}/openapi.json": {"GET": _openapi},
         "/.well-known/jwks.json": {"GET": _jwks},
         "/healthz": {"GET": _healthz},
         "/readyz": {"GET": _readyz},
+        "/metrics": {"GET": _metrics},
     }
     sessions_prefix = f"{prefix}/sessions/"
     routes = RouteTable(config.routes)
@@ -93,7 +134,9 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
         target = normalize_target(request.raw_path)
         path = target.path
         methods = endpoints.get(path)
-        if methods is None and under_prefix(path, prefix):
+        in_auth = under_prefix(path, prefix)
+        request[ROUTE_LABEL] = "auth" if in_auth else "internal" if methods is not None else "none"
+        if methods is None and in_auth:
             await auth_routes.reject_token_in_url(request)
             if path.startswith(sessions_prefix) and "/" not in path[len(sessions_prefix) :]:
                 if request.method != "DELETE":
@@ -101,7 +144,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
                 return await auth_routes.delete_session(request, path[len(sessions_prefix) :])
             raise NoRoute(f"no gateway endpoint at {path}")
         if methods is not None:
-            if under_prefix(path, prefix):
+            if in_auth:
                 await auth_routes.reject_token_in_url(request)
             handler = methods.get(request.method) or (methods.get("GET") if request.method == "HEAD" else None)
             if handler is None:
@@ -110,9 +153,15 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
         route = routes.match(path)
         if route is None:
             raise NoRoute("no route matches this path")
+        request[ROUTE_LABEL] = route.prefix
         principal = None
         if route.auth != "public":
-            principal = authenticate(request, required=route.auth == "required")
+            try:
+                principal = authenticate(request, required=route.auth == "required")
+            except GatewayError as exc:
+                metrics.auth_decision("deny", exc.code)
+                raise
+            metrics.auth_decision("allow" if principal else "anonymous", "ok")
         return await forwarder.forward(request, route, target, principal)
 
     app.router.add_route("*", "/{tail:.*}", dispatch)
@@ -135,7 +184,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
             _background.add(task)
             task.add_done_callback(_background.discard)
 
-    app[SESSIONS] = SessionService(store=store, keys=app[KEYRING], config=cfg, on_revoke=on_revoke, clock=app[CLOCK])
+    app[SESSIONS] = SessionService(
+        store=store, keys=app[KEYRING], config=cfg, on_revoke=on_revoke, on_event=app[METRICS].session_event, clock=app[CLOCK]
+    )
     try:
         yield
     finally:
@@ -171,7 +222,7 @@ async def _revocation_ctx(app: web.Application) -> AsyncIterator[None]:
     interval = cfg.server.revocation_poll.total_seconds()
 
     async def poll() -> None:
-        last_prune = 0.0
+        last_prune = last_count = 0.0
         while True:
             await asyncio.sleep(interval)
             now = app[CLOCK]()
@@ -182,6 +233,9 @@ async def _revocation_ctx(app: web.Application) -> AsyncIterator[None]:
                     new = revoked.add([e.session_id for e in events], at=now)
                     if new:
                         await close_websockets(app, new)
+                if now - last_count > 15:
+                    last_count = now
+                    app[METRICS].active_sessions.set(await store.count_live_sessions(now=now))
                 if now - last_prune > 3600:
                     last_prune = now
                     revoked.prune(before=now - window)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from aiohttp import ClientSession, web
 
 from gateway.config import Config
+from gateway.metrics import Metrics
 from gateway.revocations import RevokedSessions
 from gateway.sessions import SessionService
 from gateway.store import Store
@@ -23,6 +24,9 @@ __all__ = [
     "PRINCIPAL",
     "REQUEST_ID",
     "REVOKED",
+    "ROUTE_LABEL",
+    "UPSTREAM_SECONDS",
+    "METRICS",
     "SESSIONS",
     "STORE",
     "WEBSOCKETS",
@@ -35,9 +39,13 @@ KEYRING = web.AppKey("keyring", KeyRing)
 STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
 SESSIONS = web.AppKey("sessions", SessionService)
 CLIENT = web.AppKey("client", ClientSession)
+METRICS = web.AppKey("metrics", Metrics)
 REVOKED = web.AppKey("revoked", RevokedSessions)
 # Open proxied WebSockets by session id, so a revocation can close them at once.
 WEBSOCKETS = web.AppKey("websockets", dict[str, set[web.WebSocketResponse]])
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)
+# The configured prefix that served the request ("auth", "internal" or "none" otherwise): a bounded metric label.
+ROUTE_LABEL = web.RequestKey("route_label", str)
+UPSTREAM_SECONDS = web.RequestKey("upstream_seconds", float)

@@ -5,6 +5,7 @@ Must not: import aiohttp or read the clock itself; it counts only what this proc
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
 
@@ -43,6 +44,13 @@ class RateLimiter:
     def hit(self, key: str, *, now: float) -> None:
         """Records one event."""
         self._window(key, now).append(now)
+
+    def release(self, key: str, *, at: float) -> None:
+        """Takes back one event recorded at `at` (a reserved attempt that turned out not to count)."""
+        events = self._events.get(key)
+        if events:
+            with contextlib.suppress(ValueError):  # already slid out of the window
+                events.remove(at)
 
     def take(self, key: str, *, now: float) -> int:
         """Records an event if allowed (returns 0), else returns the seconds to wait."""

@@ -1,19 +1,22 @@
-"""The error middleware: the one place that turns a GatewayError into a JSON answer, and echoes X-Request-Id.
+"""The one middleware: renders GatewayError as JSON, echoes X-Request-Id, counts and logs each request.
 
-Must not: decide anything about auth or routing; it renders what handlers raise.
+Must not: decide anything about auth or routing; it renders what handlers raise, and its access
+log line never holds a token, cookie or password (ids and numbers only).
 """
 
 from __future__ import annotations
 
 import re
+import time
 import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from gateway.errors import AuthError, GatewayError, MethodNotAllowed, RateLimited, TokenInvalid
-from gateway.keys import REQUEST_ID
-from gateway.log import proxy_log
+from gateway.keys import PRINCIPAL, REQUEST_ID, ROUTE_LABEL, UPSTREAM_SECONDS
+from gateway.log import access_log, proxy_log
+from gateway.metrics import Metrics
 
 __all__ = ["error_middleware", "error_response", "request_id"]
 
@@ -47,11 +50,12 @@ def error_response(exc: GatewayError) -> web.Response:
     return web.json_response(body, status=exc.status, headers=headers)
 
 
-def error_middleware() -> Middleware:
+def error_middleware(*, metrics: Metrics | None = None, log_access: bool = True) -> Middleware:
     """Renders GatewayError as JSON, hides unexpected failures behind a 500, sets X-Request-Id."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
         rid = request_id(request)
         request[REQUEST_ID] = rid
         try:
@@ -71,6 +75,29 @@ def error_middleware() -> Middleware:
             )
         if not response.prepared:
             response.headers["X-Request-Id"] = rid
+        route = request.get(ROUTE_LABEL, "none")
+        if metrics is not None:
+            metrics.request(route, request.method, response.status)
+        if log_access:
+            principal = request.get(PRINCIPAL)
+            upstream = request.get(UPSTREAM_SECONDS)
+            access_log.info(
+                "request",
+                extra={
+                    "fields": {
+                        "request_id": rid,
+                        "route": route,
+                        "method": request.method,
+                        "path": request.path,
+                        "status": response.status,
+                        "duration_ms": round((time.perf_counter() - start) * 1000, 2),
+                        "upstream_ms": round(upstream * 1000, 2) if upstream is not None else None,
+                        "user_id": principal.sub if principal else None,
+                        "session_id": principal.sid if principal else None,
+                        "client": request.remote,
+                    }
+                },
+            )
         return response
 
     return middleware

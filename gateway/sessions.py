@@ -13,6 +13,7 @@ import unicodedata
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -75,12 +76,14 @@ class SessionService:
         keys: KeyRing,
         config: Config,
         on_revoke: Callable[[list[str]], None] = lambda ids: None,
+        on_event: Callable[[str, str], None] = lambda event, reason: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.keys = keys
         self.cfg = config.tokens
         self.on_revoke = on_revoke
+        self.on_event = on_event
         self.clock = clock
         # Cheap parameters would weaken stored hashes; argon2-cffi's defaults follow RFC 9106's second recommendation.
         self._hasher = PasswordHasher()
@@ -100,7 +103,7 @@ class SessionService:
         shown, key = normalize_email(email)
         pw_hash = await self.hash_password(password)
         user = await self.store.create_user(user_id=str(uuid.uuid4()), email=shown, email_key=key, password_hash=pw_hash, now=self.clock())
-        audit("user_created", user_id=user.id)
+        self._audit("user_created", user_id=user.id)
         return user
 
     async def get_user(self, email: str) -> UserRecord:
@@ -123,7 +126,7 @@ class SessionService:
         """Disables (revoking every session) or enables a user."""
         user = await self.get_user(email)
         revoked = await self.store.update_user(user.id, now=self.clock(), disabled=disabled)
-        audit("user_disabled" if disabled else "user_enabled", user_id=user.id)
+        self._audit("user_disabled" if disabled else "user_enabled", user_id=user.id)
         self._revoked(revoked, user_id=user.id, reason="user_disabled")
         return revoked
 
@@ -137,17 +140,20 @@ class SessionService:
         now = self.clock()
         wait = max(self._login_by_ip.retry_after(ip, now=now), self._login_by_email.retry_after(key, now=now))
         if wait:
-            audit("login_failure", ip=ip, reason="rate_limited")
+            self._audit("login_failure", ip=ip, reason="rate_limited")
             raise RateLimited("too many failed login attempts; try again later", retry_after=wait)
+        # Count the attempt as a failure before the slow password check and give it back on success:
+        # recording it only after the check let a parallel burst pass the limit check all at once.
+        self._login_by_ip.hit(ip, now=now)
+        self._login_by_email.hit(key, now=now)
         user = await self.store.get_user(email_key=key)
         ok = await asyncio.to_thread(self._verify, user.password_hash if user else self._dummy_hash, password)
         if user is None or not ok or user.disabled:
             reason = "unknown_email" if user is None else "wrong_password" if not ok else "user_disabled"
-            now = self.clock()
-            self._login_by_ip.hit(ip, now=now)
-            self._login_by_email.hit(key, now=now)
-            audit("login_failure", user_id=user.id if user else None, ip=ip, reason=reason)
+            self._audit("login_failure", user_id=user.id if user else None, ip=ip, reason=reason)
             raise InvalidCredentials("the email or password is wrong")
+        self._login_by_ip.release(ip, at=now)
+        self._login_by_email.release(key, at=now)
         now = self.clock()
         ttl = self.cfg.refresh_ttl if remember_me else self.cfg.session_ttl
         absolute = now + self.cfg.absolute_ttl.total_seconds()
@@ -164,7 +170,7 @@ class SessionService:
         )
         refresh_token = new_refresh_token()
         await self.store.create_session(session, token_hash=hash_refresh_token(refresh_token))
-        audit("login_success", user_id=user.id, session_id=session.id, ip=ip)
+        self._audit("login_success", user_id=user.id, session_id=session.id, ip=ip)
         return self._issue(session, user, refresh_token, now=now)
 
     def _verify(self, password_hash: str, password: str) -> bool:
@@ -181,7 +187,7 @@ class SessionService:
         if known is not None:
             wait = self._refresh_limit.take(known.id, now=now)
             if wait:
-                audit("refresh_failure", user_id=known.user_id, session_id=known.id, ip=ip, reason="rate_limited")
+                self._audit("refresh_failure", user_id=known.user_id, session_id=known.id, ip=ip, reason="rate_limited")
                 raise RateLimited("too many refreshes for this session; try again later", retry_after=wait)
         successor = self.keys.successor(refresh_token)
         outcome = await self.store.rotate(
@@ -195,13 +201,13 @@ class SessionService:
         session, user = outcome.session, outcome.user
         uid, sid = (user.id if user else None), (session.id if session else None)
         if outcome.kind == "reused":
-            audit("reuse_detected", user_id=uid, session_id=sid, ip=ip, reason="refresh_token_reused")
+            self._audit("reuse_detected", user_id=uid, session_id=sid, ip=ip, reason="refresh_token_reused")
             self._revoked([sid] if sid else [], user_id=uid, reason="refresh_token_reused")
             raise RefreshReused("this refresh token was already used; the session has been revoked")
         if outcome.kind == "invalid" or session is None or user is None:
-            audit("refresh_failure", user_id=uid, session_id=sid, ip=ip, reason=outcome.reason)
+            self._audit("refresh_failure", user_id=uid, session_id=sid, ip=ip, reason=outcome.reason)
             raise RefreshRejected(f"the refresh token is invalid ({outcome.reason})")
-        audit("refresh", user_id=uid, session_id=sid, ip=ip, reason="rotated" if outcome.kind == "rotated" else "grace_twin")
+        self._audit("refresh", user_id=uid, session_id=sid, ip=ip, reason="rotated" if outcome.kind == "rotated" else "grace_twin")
         return self._issue(session, user, successor, now=now)
 
     def _issue(self, session: SessionRecord, user: UserRecord, refresh_token: str, *, now: float) -> Issued:
@@ -244,9 +250,13 @@ class SessionService:
         """The user's live sessions."""
         return await self.store.list_sessions(user_id, now=self.clock())
 
+    def _audit(self, event: str, **fields: Any) -> None:
+        audit(event, **fields)
+        self.on_event(event, str(fields.get("reason") or ""))
+
     def _revoked(self, ids: list[str], *, user_id: str | None, reason: str, ip: str = "") -> None:
         for sid in ids:
-            audit("session_revoked", user_id=user_id, session_id=sid, ip=ip, reason=reason)
+            self._audit("session_revoked", user_id=user_id, session_id=sid, ip=ip, reason=reason)
         if ids:
             self.on_revoke(ids)
 

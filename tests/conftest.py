@@ -46,14 +46,17 @@ def make_config(tmp_path: Path, upstream_url: str) -> MakeConfig:
 
 
 @pytest.fixture
-def make_gateway(aiohttp_client: Any, clock: FakeClock) -> MakeGateway:
-    """Starts a gateway for a config on a real port; returns a client whose cookie jar accepts Secure cookies."""
+def make_gateway(aiohttp_client: Any, aiohttp_server: Any, clock: FakeClock) -> MakeGateway:
+    """Starts a gateway for a config on a real port; returns a client whose cookie jar sends Secure cookies to it."""
 
     async def make(cfg: Config, **kwargs: Any) -> TestClient[Any, Any]:
         from aiohttp import CookieJar
 
         app = create_app(cfg, clock=kwargs.pop("clock", clock))
-        client: TestClient[Any, Any] = await aiohttp_client(app, cookie_jar=CookieJar(unsafe=True, treat_as_secure_origin=["http://127.0.0.1"]), **kwargs)
+        server = await aiohttp_server(app)
+        # The jar compares origins with their port, so the secure origin is known only once the server listens.
+        jar = CookieJar(unsafe=True, treat_as_secure_origin=[f"http://127.0.0.1:{server.port}"])
+        client: TestClient[Any, Any] = await aiohttp_client(server, cookie_jar=jar, **kwargs)
         return client
 
     return make

@@ -71,7 +71,8 @@ def mint(
     from gateway.config import TokenConfig
     from gateway.tokens import KeyRing
 
-    t = int(time.time() if now is None else now)
+    # A few seconds in the past by default: the gateway's FakeClock was frozen when the test began.
+    t = int(time.time() - 5 if now is None else now)
     body: dict[str, Any] = {
         "iss": "gateway", "aud": "api", "sub": "user-1", "sid": "session-1", "jti": uuid.uuid4().hex,
         "iat": t, "exp": t + 300, "email": "user@example.com",

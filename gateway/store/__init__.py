@@ -117,6 +117,9 @@ class Store(Protocol):
     ) -> list[str]:
         """Revokes one session or all of a user's; returns the ids that were live and are now revoked."""
 
+    async def count_live_sessions(self, *, now: float) -> int:
+        """How many sessions are neither revoked nor expired."""
+
     async def revocations_since(self, seq: int, *, not_before: float = 0.0) -> list[RevocationEvent]:
         """Revocation log entries after `seq` (and at or after `not_before`), in order."""
 

@@ -52,17 +52,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE revocations (
         seq BIGSERIAL PRIMARY KEY,
         session_id TEXT NOT NULL,
-        revoked_at DOUBLE PRECISION NOT NULL,
-        recorded_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+        revoked_at DOUBLE PRECISION NOT NULL
     );
-    CREATE INDEX revocations_recorded ON revocations(recorded_at);
+    CREATE INDEX revocations_time ON revocations(revoked_at);
     """,
 )
 
-_MIGRATION_LOCK = 0x6761_7465_7761_79  # an arbitrary constant shared by every gateway instance
-# Sequence numbers are handed out at insert but become visible at commit, so a smaller number can
-# appear after a larger one was read; re-reading this recent window catches those late commits.
-_LATE_COMMIT_WINDOW = "10 seconds"
+_MIGRATION_LOCK = 0x6761_7465_7761_79  # arbitrary constants shared by every gateway instance
+# Sequence numbers are handed out at insert but become visible at commit, so without this lock a
+# smaller number could commit after a poller had read a larger one and be skipped for good.
+# Holding it to commit makes seq order equal commit order; revocations are rare, so it costs nothing.
+_REVOCATION_LOCK = 0x6761_7465_7761_7A
 
 _SESSION_COLS = (
     "s.id, s.user_id, s.created_at, s.last_used_at, s.expires_at, s.absolute_expires_at, "
@@ -268,10 +268,15 @@ class PostgresStore:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
 
+    async def count_live_sessions(self, *, now: float) -> int:
+        rows = await self._fetch(
+            "SELECT count(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > $1 AND absolute_expires_at > $1", now
+        )
+        return int(rows[0][0])
+
     async def revocations_since(self, seq: int, *, not_before: float = 0.0) -> list[RevocationEvent]:
         rows = await self._fetch(
-            "SELECT seq, session_id, revoked_at FROM revocations WHERE revoked_at >= $2"
-            f" AND (seq > $1 OR recorded_at > clock_timestamp() - interval '{_LATE_COMMIT_WINDOW}') ORDER BY seq",
+            "SELECT seq, session_id, revoked_at FROM revocations WHERE seq > $1 AND revoked_at >= $2 ORDER BY seq",
             seq, not_before,
         )  # fmt: skip
         return [RevocationEvent(seq=r[0], session_id=r[1], revoked_at=r[2]) for r in rows]
@@ -300,5 +305,6 @@ async def _revoke_where(conn: asyncpg.Connection, where: str, param: Any, *, now
     )  # fmt: skip
     ids = [r[0] for r in rows]
     if ids:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _REVOCATION_LOCK)
         await conn.executemany("INSERT INTO revocations (session_id, revoked_at) VALUES ($1, $2)", [(i, now) for i in ids])
     return ids

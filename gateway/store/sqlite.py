@@ -111,6 +111,11 @@ class SqliteStore:
         except sqlite3.Error as exc:
             await db.close()
             raise StoreError(f"cannot prepare SQLite database {path}: {exc}") from exc
+        except StoreError:
+            # _migrate refuses a newer schema with StoreError; an unclosed aiosqlite connection keeps
+            # its non-daemon thread alive and the process would never exit.
+            await db.close()
+            raise
         return store
 
     async def _migrate(self) -> None:
@@ -295,6 +300,13 @@ class SqliteStore:
             )
             await db.executemany("INSERT INTO revocations (session_id, revoked_at) VALUES (?, ?)", [(i, now) for i in ids])
         return ids
+
+    async def count_live_sessions(self, *, now: float) -> int:
+        rows = await self._read(
+            "SELECT count(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > ? AND absolute_expires_at > ?",
+            (now, now),
+        )
+        return int(rows[0][0])
 
     async def revocations_since(self, seq: int, *, not_before: float = 0.0) -> list[RevocationEvent]:
         rows = await self._read(

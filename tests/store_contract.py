@@ -1,0 +1,417 @@
+"""The behaviour every `Store` backend must show, written once against the protocol.
+
+A backend's test module subclasses `StoreContract` and supplies a `store` fixture (an opened, empty
+store). Must not: import a database driver or reach past the `Store` protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from gateway.errors import Conflict
+from gateway.store import SessionRecord, Store, UserRecord
+
+__all__ = ["StoreContract"]
+
+T0 = 1_700_000_000.0
+GRACE = 10.0
+REMEMBER_TTL = 1000.0
+SESSION_TTL = 100.0
+ABSOLUTE_TTL = 5000.0
+
+
+def _hash(label: str) -> str:
+    """A stand-in for a refresh-token hash: the store treats it as an opaque unique string."""
+    return f"hash-{label}-{uuid.uuid4().hex}"
+
+
+async def _user(store: Store, email: str = "alice@example.com", *, now: float = T0) -> UserRecord:
+    return await store.create_user(
+        user_id=str(uuid.uuid4()), email=email, email_key=email.lower(), password_hash="argon2-hash", now=now
+    )
+
+
+async def _session(
+    store: Store,
+    user: UserRecord,
+    *,
+    now: float = T0,
+    remember_me: bool = False,
+    ttl: float | None = None,
+    absolute: float = ABSOLUTE_TTL,
+    user_agent: str = "pytest",
+) -> tuple[SessionRecord, str]:
+    """A new session and the hash of its first refresh token."""
+    ttl = (REMEMBER_TTL if remember_me else SESSION_TTL) if ttl is None else ttl
+    record = SessionRecord(
+        id=str(uuid.uuid4()),
+        user_id=user.id,
+        created_at=now,
+        last_used_at=now,
+        expires_at=min(now + ttl, now + absolute),
+        absolute_expires_at=now + absolute,
+        remember_me=remember_me,
+        user_agent=user_agent,
+        ip="192.0.2.7",
+    )
+    token_hash = _hash("first")
+    await store.create_session(record, token_hash=token_hash)
+    return record, token_hash
+
+
+async def _rotate(store: Store, token_hash: str, successor_hash: str, *, now: float) -> Any:
+    return await store.rotate(
+        token_hash=token_hash,
+        successor_hash=successor_hash,
+        now=now,
+        grace_s=GRACE,
+        remember_ttl_s=REMEMBER_TTL,
+        session_ttl_s=SESSION_TTL,
+    )
+
+
+class StoreContract:
+    """Subclasses provide `store`; every test here must pass on every backend."""
+
+    # -- users ---------------------------------------------------------------------------------
+
+    async def test_create_user_then_get_by_email_key_and_id_returns_it(self, store: Store) -> None:
+        created = await store.create_user(
+            user_id="u-1", email="Alice@Example.com", email_key="alice@example.com", password_hash="h", now=T0
+        )
+        assert created == UserRecord(
+            id="u-1", email="Alice@Example.com", email_key="alice@example.com", password_hash="h", disabled=False, created_at=T0
+        )
+        assert await store.get_user(email_key="alice@example.com") == created
+        assert await store.get_user(user_id="u-1") == created
+
+    async def test_get_user_unknown_returns_none(self, store: Store) -> None:
+        await _user(store)
+        assert await store.get_user(email_key="nobody@example.com") is None
+        assert await store.get_user(user_id="no-such-id") is None
+
+    async def test_list_users_returns_every_user_oldest_first(self, store: Store) -> None:
+        b = await _user(store, "b@example.com", now=T0 + 5)
+        a = await _user(store, "a@example.com", now=T0)
+        c = await _user(store, "c@example.com", now=T0 + 9)
+        assert [u.id for u in await store.list_users()] == [a.id, b.id, c.id]
+
+    async def test_create_user_duplicate_email_key_raises_conflict(self, store: Store) -> None:
+        await _user(store, "alice@example.com")
+        with pytest.raises(Conflict):
+            await store.create_user(
+                user_id="other", email="ALICE@example.com", email_key="alice@example.com", password_hash="h", now=T0
+            )
+        assert len(await store.list_users()) == 1
+
+    async def test_update_user_password_revokes_sessions_and_returns_ids(self, store: Store) -> None:
+        user = await _user(store)
+        other = await _user(store, "bob@example.com")
+        s1, _ = await _session(store, user)
+        s2, _ = await _session(store, user)
+        s3, _ = await _session(store, other)
+        revoked = await store.update_user(user.id, now=T0 + 1, password_hash="new-hash")
+        assert sorted(revoked) == sorted([s1.id, s2.id])
+        assert (await store.get_user(user_id=user.id)).password_hash == "new-hash"  # type: ignore[union-attr]
+        for sid in (s1.id, s2.id):
+            found = await store.find_session(session_id=sid)
+            assert found is not None and found.revoked_at == T0 + 1
+        still = await store.find_session(session_id=s3.id)
+        assert still is not None and still.revoked_at is None
+        logged = [e.session_id for e in await store.revocations_since(0)]
+        assert sorted(logged) == sorted([s1.id, s2.id])
+
+    async def test_update_user_disable_revokes_sessions_and_sets_flag(self, store: Store) -> None:
+        user = await _user(store)
+        s1, _ = await _session(store, user)
+        assert await store.update_user(user.id, now=T0 + 1, disabled=True) == [s1.id]
+        assert (await store.get_user(user_id=user.id)).disabled is True  # type: ignore[union-attr]
+
+    async def test_update_user_enable_revokes_nothing(self, store: Store) -> None:
+        user = await _user(store)
+        await store.update_user(user.id, now=T0 + 1, disabled=True)
+        s1, _ = await _session(store, user, now=T0 + 2)
+        assert await store.update_user(user.id, now=T0 + 3, disabled=False) == []
+        assert (await store.get_user(user_id=user.id)).disabled is False  # type: ignore[union-attr]
+        found = await store.find_session(session_id=s1.id)
+        assert found is not None and found.revoked_at is None
+
+    async def test_update_user_already_revoked_sessions_not_returned_again(self, store: Store) -> None:
+        user = await _user(store)
+        s1, _ = await _session(store, user)
+        s2, _ = await _session(store, user)
+        await store.revoke(now=T0 + 1, reason="logout", session_id=s1.id)
+        assert await store.update_user(user.id, now=T0 + 2, password_hash="x") == [s2.id]
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    async def test_create_session_then_find_by_token_hash_and_id_returns_it(self, store: Store) -> None:
+        user = await _user(store)
+        record, token_hash = await _session(store, user, remember_me=True, user_agent="Firefox")
+        assert await store.find_session(token_hash=token_hash) == record
+        assert await store.find_session(session_id=record.id) == record
+
+    async def test_find_session_unknown_returns_none(self, store: Store) -> None:
+        user = await _user(store)
+        await _session(store, user)
+        assert await store.find_session(token_hash=_hash("nope")) is None
+        assert await store.find_session(session_id="no-such-session") is None
+
+    async def test_find_session_by_rotated_token_hash_returns_session(self, store: Store) -> None:
+        user = await _user(store)
+        record, first = await _session(store, user)
+        second = _hash("second")
+        await _rotate(store, first, second, now=T0 + 1)
+        old = await store.find_session(token_hash=first)
+        new = await store.find_session(token_hash=second)
+        assert old is not None and new is not None and old.id == new.id == record.id
+
+    async def test_find_session_revoked_returns_it_with_revocation(self, store: Store) -> None:
+        user = await _user(store)
+        record, token_hash = await _session(store, user)
+        await store.revoke(now=T0 + 3, reason="logout", session_id=record.id)
+        found = await store.find_session(token_hash=token_hash)
+        assert found is not None and found.revoked_at == T0 + 3 and found.revoked_reason == "logout"
+
+    # -- rotate --------------------------------------------------------------------------------
+
+    async def test_rotate_current_token_is_rotated_and_slides_expiry(self, store: Store) -> None:
+        user = await _user(store)
+        record, first = await _session(store, user)
+        out = await _rotate(store, first, _hash("second"), now=T0 + 50)
+        assert out.kind == "rotated"
+        assert out.session.id == record.id and out.user.id == user.id
+        assert out.session.last_used_at == T0 + 50
+        assert out.session.expires_at == T0 + 50 + SESSION_TTL
+        stored = await store.find_session(session_id=record.id)
+        assert stored is not None and stored.expires_at == T0 + 50 + SESSION_TTL and stored.last_used_at == T0 + 50
+
+    async def test_rotate_remember_me_slides_by_remember_ttl(self, store: Store) -> None:
+        user = await _user(store)
+        _, first = await _session(store, user, remember_me=True)
+        out = await _rotate(store, first, _hash("second"), now=T0 + 50)
+        assert out.kind == "rotated" and out.session.expires_at == T0 + 50 + REMEMBER_TTL
+
+    async def test_rotate_sliding_expiry_capped_at_absolute(self, store: Store) -> None:
+        user = await _user(store)
+        record, first = await _session(store, user, absolute=150.0)
+        out = await _rotate(store, first, _hash("second"), now=T0 + 90)
+        assert out.kind == "rotated"
+        assert out.session.expires_at == record.absolute_expires_at == T0 + 150
+        stored = await store.find_session(session_id=record.id)
+        assert stored is not None and stored.expires_at == T0 + 150
+
+    async def test_rotate_successor_rotates_again(self, store: Store) -> None:
+        user = await _user(store)
+        _, first = await _session(store, user)
+        second, third = _hash("second"), _hash("third")
+        assert (await _rotate(store, first, second, now=T0 + 1)).kind == "rotated"
+        assert (await _rotate(store, second, third, now=T0 + 2)).kind == "rotated"
+        assert (await _rotate(store, third, _hash("fourth"), now=T0 + 3)).kind == "rotated"
+
+    async def test_rotate_old_token_within_grace_with_current_child_is_twin(self, store: Store) -> None:
+        user = await _user(store)
+        record, first = await _session(store, user)
+        second = _hash("second")
+        await _rotate(store, first, second, now=T0 + 1)
+        out = await _rotate(store, first, second, now=T0 + 1 + GRACE - 1)
+        assert out.kind == "twin"
+        assert out.session.id == record.id and out.user.id == user.id
+        # the twin answer issues nothing new: the successor is still the one current token
+        assert (await _rotate(store, second, _hash("third"), now=T0 + 1 + GRACE - 1)).kind == "rotated"
+
+    async def test_rotate_old_token_after_grace_is_reused_and_revokes_session(self, store: Store) -> None:
+        user = await _user(store)
+        record, first = await _session(store, user)
+        other, other_hash = await _session(store, user)
+        second = _hash("second")
+        await _rotate(store, first, second, now=T0 + 1)
+        out = await _rotate(store, first, second, now=T0 + 1 + GRACE + 1)
+        assert out.kind == "reused"
+        assert out.session.id == record.id and out.user.id == user.id
+        stored = await store.find_session(session_id=record.id)
+        assert stored is not None and stored.revoked_at == T0 + 1 + GRACE + 1
+        assert [e.session_id for e in await store.revocations_since(0)] == [record.id]
+        # the family is dead: its current token no longer rotates
+        assert (await _rotate(store, second, _hash("third"), now=T0 + 20)).kind == "invalid"
+        # the same user's other session is untouched
+        assert (await _rotate(store, other_hash, _hash("o2"), now=T0 + 20)).kind == "rotated"
+
+    async def test_rotate_old_token_within_grace_after_child_rotated_is_reused(self, store: Store) -> None:
+        user = await _user(store)
+        record, first = await _session(store, user)
+        second, third = _hash("second"), _hash("third")
+        await _rotate(store, first, second, now=T0 + 1)
+        await _rotate(store, second, third, now=T0 + 2)
+        out = await _rotate(store, first, second, now=T0 + 3)
+        assert out.kind == "reused"
+        stored = await store.find_session(session_id=record.id)
+        assert stored is not None and stored.revoked_at is not None
+        assert [e.session_id for e in await store.revocations_since(0)] == [record.id]
+
+    async def test_rotate_old_token_with_other_successor_is_reused(self, store: Store) -> None:
+        user = await _user(store)
+        _, first = await _session(store, user)
+        await _rotate(store, first, _hash("second"), now=T0 + 1)
+        out = await _rotate(store, first, _hash("forged"), now=T0 + 2)
+        assert out.kind == "reused"
+
+    async def test_rotate_unknown_token_is_invalid(self, store: Store) -> None:
+        user = await _user(store)
+        await _session(store, user)
+        out = await _rotate(store, _hash("unknown"), _hash("x"), now=T0 + 1)
+        assert out.kind == "invalid" and out.session is None
+        assert await store.revocations_since(0) == []
+
+    async def test_rotate_expired_session_is_invalid(self, store: Store) -> None:
+        user = await _user(store)
+        record, first = await _session(store, user)
+        out = await _rotate(store, first, _hash("x"), now=record.expires_at + 1)
+        assert out.kind == "invalid"
+        assert await store.find_session(token_hash=first) == record
+
+    async def test_rotate_past_absolute_expiry_is_invalid(self, store: Store) -> None:
+        user = await _user(store)
+        record, first = await _session(store, user, remember_me=True, ttl=10_000.0, absolute=100.0)
+        out = await _rotate(store, first, _hash("x"), now=record.absolute_expires_at + 1)
+        assert out.kind == "invalid"
+
+    async def test_rotate_revoked_session_is_invalid(self, store: Store) -> None:
+        user = await _user(store)
+        record, first = await _session(store, user)
+        await store.revoke(now=T0 + 1, reason="logout", session_id=record.id)
+        out = await _rotate(store, first, _hash("x"), now=T0 + 2)
+        assert out.kind == "invalid"
+        assert len(await store.revocations_since(0)) == 1
+
+    async def test_rotate_disabled_user_is_invalid(self, store: Store) -> None:
+        user = await _user(store)
+        _, first = await _session(store, user)
+        await store.update_user(user.id, now=T0 + 1, disabled=True)
+        assert (await _rotate(store, first, _hash("x"), now=T0 + 2)).kind == "invalid"
+
+    async def test_rotate_invalid_token_rotates_nothing(self, store: Store) -> None:
+        user = await _user(store)
+        record, first = await _session(store, user)
+        await _rotate(store, first, _hash("x"), now=record.expires_at + 1)
+        stored = await store.find_session(session_id=record.id)
+        assert stored == record
+
+    async def test_rotate_50_concurrent_same_token_one_rotated_rest_twins(self, store: Store) -> None:
+        user = await _user(store)
+        record, first = await _session(store, user)
+        second = _hash("second")
+        outcomes = await asyncio.gather(*(_rotate(store, first, second, now=T0 + 1) for _ in range(50)))
+        kinds = [o.kind for o in outcomes]
+        assert kinds.count("rotated") == 1
+        assert kinds.count("twin") == 49
+        assert {o.session.id for o in outcomes} == {record.id}
+        stored = await store.find_session(session_id=record.id)
+        assert stored is not None and stored.revoked_at is None
+        assert (await _rotate(store, second, _hash("third"), now=T0 + 2)).kind == "rotated"
+
+    # -- revoke and listing --------------------------------------------------------------------
+
+    async def test_revoke_one_session_returns_it_once(self, store: Store) -> None:
+        user = await _user(store)
+        s1, _ = await _session(store, user)
+        s2, _ = await _session(store, user)
+        assert await store.revoke(now=T0 + 1, reason="logout", session_id=s1.id) == [s1.id]
+        assert await store.revoke(now=T0 + 2, reason="logout", session_id=s1.id) == []
+        found = await store.find_session(session_id=s1.id)
+        assert found is not None and found.revoked_at == T0 + 1 and found.revoked_reason == "logout"
+        kept = await store.find_session(session_id=s2.id)
+        assert kept is not None and kept.revoked_at is None
+
+    async def test_revoke_unknown_session_returns_empty(self, store: Store) -> None:
+        assert await store.revoke(now=T0, reason="logout", session_id="no-such-session") == []
+        assert await store.revocations_since(0) == []
+
+    async def test_revoke_all_of_user_returns_only_live_ones_of_that_user(self, store: Store) -> None:
+        user = await _user(store)
+        other = await _user(store, "bob@example.com")
+        s1, _ = await _session(store, user)
+        s2, _ = await _session(store, user)
+        s3, _ = await _session(store, user)
+        o1, _ = await _session(store, other)
+        await store.revoke(now=T0 + 1, reason="logout", session_id=s1.id)
+        revoked = await store.revoke(now=T0 + 2, reason="logout_all", user_id=user.id)
+        assert sorted(revoked) == sorted([s2.id, s3.id])
+        assert await store.list_sessions(user.id, now=T0 + 3) == []
+        assert [s.id for s in await store.list_sessions(other.id, now=T0 + 3)] == [o1.id]
+
+    async def test_list_sessions_only_live_newest_first(self, store: Store) -> None:
+        user = await _user(store)
+        other = await _user(store, "bob@example.com")
+        old, _ = await _session(store, user, now=T0, ttl=10.0)  # expired by T0 + 20
+        revoked, _ = await _session(store, user, now=T0 + 1)
+        live1, _ = await _session(store, user, now=T0 + 2)
+        live2, _ = await _session(store, user, now=T0 + 3)
+        await _session(store, other, now=T0 + 4)
+        await store.revoke(now=T0 + 5, reason="logout", session_id=revoked.id)
+        listed = await store.list_sessions(user.id, now=T0 + 20)
+        assert [s.id for s in listed] == [live2.id, live1.id]
+        assert listed[1] == live1
+        assert old.id not in {s.id for s in listed}
+
+    async def test_count_live_sessions_skips_revoked_and_expired(self, store: Store) -> None:
+        user = await _user(store)
+        await _session(store, user, now=T0, ttl=10.0)  # expired by T0 + 20
+        revoked, _ = await _session(store, user, now=T0 + 1)
+        await _session(store, user, now=T0 + 2)
+        await store.revoke(now=T0 + 5, reason="logout", session_id=revoked.id)
+        assert await store.count_live_sessions(now=T0 + 20) == 1
+        assert await store.count_live_sessions(now=T0 + 6) == 2
+
+    async def test_revocations_since_in_order_and_after_seq(self, store: Store) -> None:
+        user = await _user(store)
+        sessions = [(await _session(store, user))[0] for _ in range(4)]
+        for i, s in enumerate(sessions):
+            await store.revoke(now=T0 + 10 + i, reason="logout", session_id=s.id)
+        events = await store.revocations_since(0)
+        assert [e.session_id for e in events] == [s.id for s in sessions]
+        assert [e.revoked_at for e in events] == [T0 + 10, T0 + 11, T0 + 12, T0 + 13]
+        seqs = [e.seq for e in events]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 4
+        later = await store.revocations_since(events[1].seq)
+        assert [e.session_id for e in later] == [s.id for s in sessions[2:]]
+        assert await store.revocations_since(events[-1].seq) == []
+
+    async def test_revocations_since_not_before_filters_older(self, store: Store) -> None:
+        user = await _user(store)
+        s1, _ = await _session(store, user)
+        s2, _ = await _session(store, user)
+        await store.revoke(now=T0 + 10, reason="logout", session_id=s1.id)
+        await store.revoke(now=T0 + 20, reason="logout", session_id=s2.id)
+        events = await store.revocations_since(0, not_before=T0 + 15)
+        assert [e.session_id for e in events] == [s2.id]
+
+    # -- prune ---------------------------------------------------------------------------------
+
+    async def test_prune_deletes_past_absolute_and_old_revocations(self, store: Store) -> None:
+        user = await _user(store)
+        dead, dead_hash = await _session(store, user, now=T0, absolute=100.0)
+        live, live_hash = await _session(store, user, now=T0, remember_me=True, ttl=10_000.0, absolute=10_000.0)
+        gone, _ = await _session(store, user)
+        kept, _ = await _session(store, user)
+        await store.revoke(now=T0 + 10, reason="logout", session_id=gone.id)
+        await store.revoke(now=T0 + 50, reason="logout", session_id=kept.id)
+        deleted = await store.prune(now=T0 + 200, revocations_before=T0 + 30)
+        assert deleted == 1
+        assert await store.find_session(session_id=dead.id) is None
+        assert await store.find_session(token_hash=dead_hash) is None
+        assert await store.find_session(token_hash=live_hash) == live
+        assert [e.session_id for e in await store.revocations_since(0)] == [kept.id]
+
+    async def test_prune_nothing_to_do_returns_zero(self, store: Store) -> None:
+        user = await _user(store)
+        record, _ = await _session(store, user)
+        assert await store.prune(now=T0 + 1, revocations_before=T0) == 0
+        assert await store.find_session(session_id=record.id) == record
+
+    async def test_ping_answers(self, store: Store) -> None:
+        await store.ping()
