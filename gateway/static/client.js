@@ -12,6 +12,9 @@
 
 const LOCK_NAME = 'authgateway-refresh';
 const CHANNEL_NAME = 'authgateway';
+// How long a tab that waited for another tab's refresh waits for that tab's broadcast token. The lock
+// grant and the BroadcastChannel message travel separately, so the grant can arrive first.
+const BROADCAST_WAIT_MS = 1000;
 
 export class AuthError extends Error {
   constructor(status, code, description) {
@@ -33,6 +36,7 @@ export function createAuthClient({ prefix = '/auth', fetchImpl } = {}) {
   let accessToken = null;
   let generation = 0;        // bumps whenever the token changes, in this tab or from another
   let inFlight = null;       // the single refresh promise shared by concurrent callers in this tab
+  let tokenWaiters = [];     // resolved whenever `generation` changes
   const channel = typeof BroadcastChannel === 'function' ? new BroadcastChannel(CHANNEL_NAME) : null;
 
   function emit(type, detail = {}) {
@@ -42,6 +46,9 @@ export function createAuthClient({ prefix = '/auth', fetchImpl } = {}) {
   function setToken(token, { broadcast = true } = {}) {
     accessToken = token;
     generation += 1;
+    const waiters = tokenWaiters;
+    tokenWaiters = [];
+    waiters.forEach((wake) => wake());
     if (broadcast && channel) channel.postMessage({ type: token ? 'token' : 'logged-out', token });
   }
 
@@ -69,13 +76,24 @@ export function createAuthClient({ prefix = '/auth', fetchImpl } = {}) {
 
   function loggedOut(reason) {
     setToken(null, { broadcast: false });
-    if (channel) channel.postMessage({ type: 'logged-out', reason });
+    // A tab that simply had no session (first visit) must not log the other tabs out.
+    if (channel && reason !== 'no-session') channel.postMessage({ type: 'logged-out', reason });
     emit('logged-out', { reason });
   }
 
-  async function refreshNow(seenGeneration) {
-    // Another tab may have refreshed while this one waited for the lock: its token arrived over
-    // the BroadcastChannel and bumped `generation`, so there is nothing left to do.
+  function generationChange(seenGeneration, ms) {
+    if (generation !== seenGeneration) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      tokenWaiters.push(() => { clearTimeout(timer); resolve(); });
+    });
+  }
+
+  async function refreshNow(seenGeneration, waitedForLock = false) {
+    // Another tab may have refreshed while this one waited for the lock: its token arrives over
+    // the BroadcastChannel and bumps `generation`, so there is nothing left to do. The holder posts
+    // before it releases the lock, but the grant may still overtake the message: wait for it briefly.
+    if (waitedForLock && channel) await generationChange(seenGeneration, BROADCAST_WAIT_MS);
     if (generation !== seenGeneration && accessToken) return accessToken;
     emit('refreshing');
     const res = await post('/refresh-token');
@@ -95,10 +113,15 @@ export function createAuthClient({ prefix = '/auth', fetchImpl } = {}) {
   function refresh() {
     if (!inFlight) {
       const seen = generation;
-      const run = () => refreshNow(seen);
-      const locked = globalThis.navigator && navigator.locks && typeof navigator.locks.request === 'function'
-        ? navigator.locks.request(LOCK_NAME, run)
-        : run();
+      const locks = globalThis.navigator && navigator.locks && typeof navigator.locks.request === 'function'
+        ? navigator.locks : null;
+      // Try the lock without waiting first, so that only a refresh that had to queue behind another
+      // tab's waits for that tab's broadcast.
+      const locked = locks
+        ? locks.request(LOCK_NAME, { ifAvailable: true }, (lock) => (lock
+          ? refreshNow(seen)
+          : locks.request(LOCK_NAME, () => refreshNow(seen, true))))
+        : refreshNow(seen);
       inFlight = locked.finally(() => { inFlight = null; });
     }
     return inFlight;
