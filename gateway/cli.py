@@ -13,6 +13,7 @@ import logging
 import os
 import ssl
 import sys
+import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import NoReturn
@@ -30,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)  # typeshed wants parents of the subparsers' own class
     common.add_argument("--config", default=argparse.SUPPRESS, help="TOML file (default: $GATEWAY_CONFIG, then ./config.toml)")
     top = _Parser(prog="gateway", description="Authentication gateway: a reverse proxy that owns login and sessions.")
     top.add_argument("--config", default=None, help="TOML file (default: $GATEWAY_CONFIG, then ./config.toml)")
@@ -74,10 +75,19 @@ def _setup_logging(cfg: Config) -> None:
 
 def _read_password(*, from_stdin: bool) -> str:
     if from_stdin:
-        line = sys.stdin.readline()
-        return line[:-1] if line.endswith("\n") else line
-    first = getpass.getpass("Password: ")
-    if getpass.getpass("Repeat password: ") != first:
+        # A file written on Windows ends its line with "\r\n"; the "\r" is never part of the password.
+        return sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    try:
+        with warnings.catch_warnings():
+            # Without a terminal getpass would warn over several lines, then read stdin with echo on.
+            warnings.simplefilter("error", getpass.GetPassWarning)
+            first = getpass.getpass("Password: ")
+            again = getpass.getpass("Repeat password: ")
+    except getpass.GetPassWarning:
+        raise GatewayError("no terminal to prompt for the password; use --password-stdin") from None
+    except EOFError:
+        raise GatewayError("no password given") from None
+    if again != first:
         raise GatewayError("the passwords do not match")
     return first
 

@@ -259,6 +259,13 @@ def _optional_str(raw: object) -> str | None:
     return raw
 
 
+def _secret(raw: object) -> str:
+    # Unlike the generic type check, the message must not echo the value: it is a (mistyped) secret.
+    if not isinstance(raw, str):
+        raise ValueError("must be a string")
+    return raw
+
+
 def _str_list(raw: object) -> tuple[str, ...]:
     if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
         raise ValueError("must be a list of strings")
@@ -418,13 +425,13 @@ def _tokens(t: _Table, base: Path) -> TokenConfig:
     d = TokenConfig()
     cfg = TokenConfig(
         algorithm=t.get("algorithm", d.algorithm, _choice(*_ALGORITHMS)),
-        secret=t.get("secret", d.secret),
+        secret=t.get("secret", d.secret, _secret),
         previous_secrets=t.get("previous_secrets", d.previous_secrets, _str_list),
         private_key_file=t.get("private_key_file", d.private_key_file, _path(base)),
         previous_public_key_files=t.get(
             "previous_public_key_files", d.previous_public_key_files, lambda raw: tuple(map(_path(base), _str_list(raw)))
         ),
-        refresh_secret=t.get("refresh_secret", d.refresh_secret),
+        refresh_secret=t.get("refresh_secret", d.refresh_secret, _secret),
         issuer=t.get("issuer", d.issuer),
         audience=t.get("audience", d.audience),
         access_ttl=t.get("access_ttl", d.access_ttl, parse_duration),
@@ -598,28 +605,57 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 
 _SECRET_FIELDS = {"secret", "previous_secrets", "refresh_secret"}
+# libpq also takes the password as a URL query parameter (`?password=...`).
+_URL_SECRET_PARAM = re.compile(r"(?i)([?&]password=)[^&#]*")
+
+
+def _mask_secret(value: object) -> object:
+    # A list of secrets keeps its length (how many keys verify is worth seeing), never the values.
+    if isinstance(value, tuple):
+        return ["***" if v else "" for v in value]
+    return "***" if value else ""
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        # Replace the whole netloc (it comes first), not the password text, which may also be the host or path.
+        user, _, host = parts.netloc.rpartition("@")
+        url = url.replace(parts.netloc, f"{user.partition(':')[0]}:***@{host}", 1)
+    return _URL_SECRET_PARAM.sub(r"\1***", url)
+
+
+def _format_duration(value: timedelta) -> str:
+    # The largest exact unit, so the printed config reads (and parses) like the TOML it came from.
+    seconds = value.total_seconds()
+    if seconds.is_integer():
+        for unit in ("d", "h", "m"):
+            if seconds and seconds % _UNITS[unit] == 0:
+                return f"{int(seconds) // _UNITS[unit]}{unit}"
+        return f"{int(seconds)}s"
+    return f"{seconds:g}s"
 
 
 def masked(cfg: object) -> object:
     """A plain-data view of a config for printing, with secrets and store credentials masked."""
+    # Rate is a dataclass too, and must print as the "10/minute" the TOML used.
+    if isinstance(cfg, Rate):
+        return str(cfg)
     if is_dataclass(cfg) and not isinstance(cfg, type):
         out: dict[str, object] = {}
         for f in fields(cfg):
             value = getattr(cfg, f.name)
             if f.name in _SECRET_FIELDS:
-                out[f.name] = "***" if value else ""
+                out[f.name] = _mask_secret(value)
             elif f.name == "url" and isinstance(value, str):
-                parts = urlsplit(value)
-                out[f.name] = value.replace(parts.password, "***") if parts.password else value
+                out[f.name] = _mask_url(value)
             else:
                 out[f.name] = masked(value)
         return out
     if isinstance(cfg, tuple):
         return [masked(v) for v in cfg]
     if isinstance(cfg, timedelta):
-        return f"{cfg.total_seconds():g}s"
-    if isinstance(cfg, Rate):
-        return str(cfg)
+        return _format_duration(cfg)
     if isinstance(cfg, Path | ipaddress.IPv4Network | ipaddress.IPv6Network):
         return str(cfg)
     return cfg
