@@ -140,7 +140,10 @@ class KeyRing:
                 public = key.public_key() if hasattr(key, "public_key") else key
                 jwk = _public_jwk(public, cfg.algorithm)
                 self._keys[jwk["kid"]] = _Key(kid=jwk["kid"], sign=None, verify=public, jwk=jwk)
-            assert cfg.private_key_file is not None  # config validation guarantees it
+            if cfg.private_key_file is None:
+                # Config validation catches this for TOML files, but a KeyRing built from a bare TokenConfig
+                # must fail the same clear way, not with an assert (stripped under -O) or an AttributeError.
+                raise ConfigError([f"tokens.private_key_file: required for {cfg.algorithm}"])
             private = _load_pem(cfg.private_key_file, cfg.algorithm, private=True)
             jwk = _public_jwk(private.public_key(), cfg.algorithm)
             self._current = _Key(kid=jwk["kid"], sign=private, verify=private.public_key(), jwk=jwk)
@@ -195,13 +198,13 @@ class KeyRing:
         """The Principal of a genuine, current token; raises TokenInvalid or TokenExpired."""
         cached = self._cache.get(token)
         if cached is not None:
-            if now > cached.exp + self._leeway:
+            if now >= cached.exp + self._leeway:  # same boundary as _verify (RFC 7519 4.1.4)
                 raise TokenExpired("the access token has expired")
             return cached
         principal = self._verify(token, now=now)
         if len(self._cache) >= _CACHE_MAX:
             # Expired entries go first; if the cache is full of live tokens, start over rather than grow.
-            live = {t: p for t, p in self._cache.items() if now <= p.exp + self._leeway}
+            live = {t: p for t, p in self._cache.items() if now < p.exp + self._leeway}
             self._cache = live if len(live) < _CACHE_MAX // 2 else {}
         self._cache[token] = principal
         return principal
@@ -249,7 +252,8 @@ class KeyRing:
         if not all(isinstance(v, str) and v for v in (sub, sid, jti)) or not isinstance(email, str):
             raise TokenInvalid("the access token has malformed claims")
         if now is not None:
-            if now > exp + self._leeway:
+            # RFC 7519 4.1.4: a token MUST NOT be accepted "on or after" exp, so now == exp (+ leeway) is expired.
+            if now >= exp + self._leeway:
                 raise TokenExpired("the access token has expired")
             if now + self._leeway < nbf:
                 raise TokenInvalid("the access token is not valid yet")
