@@ -52,8 +52,12 @@ def normalize_target(raw: str) -> Target:
     decoded = decoded.replace("\\", "/")
     if "//" in decoded or "/." in decoded:
         decoded = _resolve(decoded)
-    encoded = quote(decoded.encode("utf-8", "surrogateescape"), safe=_SAFE)
-    return Target(path=decoded, encoded=encoded, query=query if sep else "")
+    return Target(path=decoded, encoded=_encode(decoded), query=query if sep else "")
+
+
+def _encode(path: str) -> str:
+    """The one encoding of a decoded path; routing, stripping and forwarding must all agree on it."""
+    return quote(path.encode("utf-8", "surrogateescape"), safe=_SAFE)
 
 
 def _resolve(path: str) -> str:
@@ -94,7 +98,9 @@ class RouteTable:
     def upstream_path(route: RouteConfig, encoded: str) -> str:
         """The encoded path the upstream receives: prefix stripped if configured."""
         if route.strip_prefix and route.prefix != "/":
-            encoded = encoded[len(route.prefix) :] or "/"
+            # Strip the prefix's encoded form: a prefix like "/café" or "/a;b" is longer once encoded,
+            # and cutting its decoded length off the encoded path would leave half an escape behind.
+            encoded = encoded[len(_encode(route.prefix)) :] or "/"
             if not encoded.startswith("/"):
                 encoded = "/" + encoded
         return encoded
