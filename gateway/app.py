@@ -128,7 +128,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     }
     sessions_prefix = f"{prefix}/sessions/"
     routes = RouteTable(config.routes)
-    forwarder = Forwarder(config)
+    forwarder = Forwarder(config, observe=metrics.observe_upstream)
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         target = normalize_target(request.raw_path)
@@ -253,4 +253,4 @@ async def _revocation_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_all_websockets(app: web.Application) -> None:
-    await close_websockets(app, list(app[WEBSOCKETS]), code=1001)
+    await close_websockets(app, list(app[WEBSOCKETS]), code=1001, reason=b"gateway shutting down")

@@ -5,6 +5,7 @@ Must not: hold session rules (they live in `sessions.py`), or read a refresh tok
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from aiohttp import web
 
 from gateway.auth import authenticate, check_origin, client_ip, extract_token
 from gateway.config import Config
-from gateway.errors import BadRequest, RefreshMissing, RefreshRejected, TokenInvalid
+from gateway.errors import BadRequest, PayloadTooLarge, RefreshMissing, RequestTimeout, RefreshRejected, TokenInvalid
 from gateway.keys import CONFIG, KEYRING, SESSIONS
 from gateway.log import audit
 from gateway.middleware import error_response
@@ -25,6 +26,7 @@ from gateway.tokens import hash_refresh_token
 __all__ = ["AUTH_BODY_LIMIT", "auth_endpoints"]
 
 AUTH_BODY_LIMIT = 16 * 1024
+AUTH_BODY_TIMEOUT = 10.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _TRUE = {"1", "true", "on", "yes"}
 
@@ -32,10 +34,17 @@ _TRUE = {"1", "true", "on", "yes"}
 async def _read_body(request: web.Request) -> dict[str, Any]:
     """A JSON object or a urlencoded form; anything else, or over 16 KiB, is a 400."""
     if request.content_length is not None and request.content_length > AUTH_BODY_LIMIT:
-        raise BadRequest(f"the body is larger than {AUTH_BODY_LIMIT} bytes")
-    raw = await request.content.read(AUTH_BODY_LIMIT + 1)
+        raise PayloadTooLarge(f"the body is larger than {AUTH_BODY_LIMIT} bytes")
+    raw = b""
+    try:
+        async with asyncio.timeout(AUTH_BODY_TIMEOUT):
+            # read(n) returns what has arrived so far, so a body split over packets needs the loop.
+            while len(raw) <= AUTH_BODY_LIMIT and (chunk := await request.content.read(AUTH_BODY_LIMIT + 1 - len(raw))):
+                raw += chunk
+    except TimeoutError as exc:
+        raise RequestTimeout("the request body did not arrive in time") from exc
     if len(raw) > AUTH_BODY_LIMIT:
-        raise BadRequest(f"the body is larger than {AUTH_BODY_LIMIT} bytes")
+        raise PayloadTooLarge(f"the body is larger than {AUTH_BODY_LIMIT} bytes")
     if not raw.strip():
         return {}
     ctype = request.content_type

@@ -2,6 +2,8 @@
 
 GatewayError
 ├── BadRequest (400 invalid_request)
+├── RequestTimeout (408 request_timeout)
+├── PayloadTooLarge (413 payload_too_large)
 ├── AuthError (401)
 │   ├── TokenMissing (missing_token)
 │   ├── TokenInvalid (invalid_token)
@@ -38,10 +40,12 @@ __all__ = [
     "InvalidCredentials",
     "MethodNotAllowed",
     "NoRoute",
+    "PayloadTooLarge",
     "RateLimited",
     "RefreshMissing",
     "RefreshRejected",
     "RefreshReused",
+    "RequestTimeout",
     "StoreError",
     "StoreUnavailable",
     "TokenExpired",
@@ -69,6 +73,20 @@ class BadRequest(GatewayError):
 
     status = 400
     code = "invalid_request"
+
+
+class RequestTimeout(GatewayError):
+    """The client took too long to send its request body."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class PayloadTooLarge(GatewayError):
+    """The request body is larger than this endpoint accepts."""
+
+    status = 413
+    code = "payload_too_large"
 
 
 class AuthError(GatewayError):

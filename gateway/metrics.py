@@ -45,6 +45,7 @@ class Metrics:
         self.revoked_set = Gauge("gateway_revoked_session_ids", "Revoked session ids held in memory", registry=r, multiprocess_mode="max")
         self._request_children: dict[tuple[str, str, int], Any] = {}
         self._auth_children: dict[tuple[str, str], Any] = {}
+        self._upstream_children: dict[str, Any] = {}
 
     def request(self, route: str, method: str, status: int) -> None:
         """Counts one answered request; label children are cached because this runs on every request."""
@@ -55,6 +56,13 @@ class Metrics:
             if len(self._request_children) < 10_000:
                 self._request_children[key] = child
         child.inc()
+
+    def observe_upstream(self, route: str, seconds: float) -> None:
+        """Records the time to the upstream's response headers."""
+        child = self._upstream_children.get(route)
+        if child is None:
+            child = self._upstream_children[route] = self.upstream_seconds.labels(route)
+        child.observe(seconds)
 
     def auth_decision(self, decision: str, reason: str) -> None:
         """Counts one access-token decision (allow/deny/anonymous)."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -17,8 +19,8 @@ from yarl import URL
 
 from gateway.auth import client_ip, peer_trusted
 from gateway.config import Config, RouteConfig
-from gateway.errors import UpstreamError, UpstreamTimeout
-from gateway.keys import CLIENT, REQUEST_ID, WEBSOCKETS
+from gateway.errors import RequestTimeout, UpstreamError, UpstreamTimeout
+from gateway.keys import CLIENT, REQUEST_ID, UPSTREAM_SECONDS, WEBSOCKETS
 from gateway.log import proxy_log
 from gateway.paths import RouteTable, Target
 from gateway.tokens import Principal
@@ -50,8 +52,9 @@ class _RoutePlan:
 class Forwarder:
     """Forwards normalized requests to their route's upstream."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, *, observe: Callable[[str, float], None] = lambda route, seconds: None) -> None:
         self.cfg = cfg
+        self._observe = observe
         ih = cfg.identity_headers
         self._identity = (ih.user_id, ih.email, ih.session_id)
         self._strip = HOP_BY_HOP | {
@@ -148,18 +151,26 @@ class Forwarder:
         plan = self._plans[route.prefix]
         url = self.upstream_url(route, target)
         headers = self.request_headers(request, route, principal)
-        data = request.content if request.body_exists else None
+        data = _client_body(request, plan.timeout.sock_read) if request.body_exists else None
         session = request.app[CLIENT]
+        started = time.perf_counter()
         try:
             upstream = await session.request(
                 request.method, url, headers=headers, data=data, allow_redirects=False, timeout=plan.timeout,
                 skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
             )  # fmt: skip
+        except _ClientBodyTimeout as exc:
+            raise RequestTimeout("the request body stalled") from exc
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout("the upstream did not answer in time") from exc
         except aiohttp.ClientError as exc:
+            if isinstance(exc.__cause__, _ClientBodyTimeout):
+                raise RequestTimeout("the request body stalled") from exc
             proxy_log.warning("upstream error route=%s error=%s", route.prefix, type(exc).__name__)
             raise UpstreamError("the upstream could not be reached") from exc
+        elapsed = time.perf_counter() - started
+        request[UPSTREAM_SECONDS] = elapsed
+        self._observe(route.prefix, elapsed)
         try:
             return await self._relay(request, upstream)
         finally:
@@ -177,11 +188,9 @@ class Forwarder:
             except aiohttp.ClientError as exc:
                 raise UpstreamError("the upstream broke off its answer") from exc
             headers.pop("Content-Length", None)
-            response = web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
-            if "Content-Type" not in upstream.headers:
-                # web.Response would add application/octet-stream; the client must see what the upstream sent.
-                response.headers.pop("Content-Type", None)
-            return response
+            # Where the upstream sent no Content-Type, aiohttp adds application/octet-stream to a
+            # non-empty body; that is the safe reading (no sniffing into HTML), so it is left so.
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         await response.prepare(request)
         try:
@@ -219,20 +228,39 @@ class Forwarder:
             raise UpstreamError("the upstream refused the WebSocket") from exc
         client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (), max_msg_size=0)
         registry = request.app[WEBSOCKETS]
+        # Anonymous sockets are registered under "" so that shutdown can close them too.
+        key = principal.sid if principal is not None else ""
         try:
             await client.prepare(request)
-            if principal is not None:
-                registry.setdefault(principal.sid, set()).add(client)
+            registry.setdefault(key, set()).add(client)
             await _pump(client, upstream)
         finally:
-            if principal is not None:
-                peers = registry.get(principal.sid)
-                if peers is not None:
-                    peers.discard(client)
-                    if not peers:
-                        registry.pop(principal.sid, None)
+            peers = registry.get(key)
+            if peers is not None:
+                peers.discard(client)
+                if not peers:
+                    registry.pop(key, None)
             await upstream.close()
         return client
+
+
+class _ClientBodyTimeout(Exception):
+    """The client paused longer than the route timeout while sending its body."""
+
+
+async def _client_body(request: web.Request, gap: float | None) -> AsyncIterator[bytes]:
+    """The request body as it arrives; a client that stalls longer than `gap` between chunks is cut off,
+    so a slow sender cannot pin a connection to the upstream forever."""
+    content = request.content
+    while True:
+        try:
+            async with asyncio.timeout(gap):
+                chunk = await content.readany()
+        except TimeoutError as exc:
+            raise _ClientBodyTimeout from exc
+        if not chunk:
+            return
+        yield chunk
 
 
 async def _pump(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
@@ -270,11 +298,12 @@ async def _pump(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocket
             await client.close(code=1011)
 
 
-async def close_websockets(app: web.Application, session_ids: list[str], *, code: int = WS_CLOSE_REVOKED) -> None:
-    """Closes every proxied WebSocket of these sessions (their access was revoked)."""
+async def close_websockets(
+    app: web.Application, session_ids: list[str], *, code: int = WS_CLOSE_REVOKED, reason: bytes = b"session revoked"
+) -> None:
+    """Closes every proxied WebSocket of these sessions (their access was revoked, or the gateway stops)."""
     registry = app[WEBSOCKETS]
-    for sid in session_ids:
-        for ws in list(registry.pop(sid, ())):
-            with contextlib.suppress(Exception):
-                await ws.close(code=code, message=b"session revoked")
+    sockets = [ws for sid in session_ids for ws in registry.pop(sid, ())]
+    # Concurrently: each close waits for the peer's reply, and one slow peer must not delay the rest.
+    await asyncio.gather(*(ws.close(code=code, message=reason) for ws in sockets), return_exceptions=True)
 

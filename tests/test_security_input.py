@@ -154,3 +154,51 @@ async def test_token_in_query_string_is_never_accepted(gateway: Client) -> None:
     resp = await gateway.get(f"/api/whoami?access_token={mint()}")
     assert resp.status == 401
     assert (await resp.json())["error"] == "missing_token"
+
+
+async def test_slow_request_body_is_cut_off_with_408(make_gateway: MakeGateway, make_config: MakeConfig, upstream_url: str) -> None:
+    client = await make_gateway(make_config(routes=[{"prefix": "/public", "upstream": upstream_url, "auth": "public", "timeout": "1s"}]))
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    try:
+        writer.write(b"POST /public/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nConnection: close\r\n\r\nonly-part")
+        await writer.drain()
+        # Not read() to EOF: the server lingers to drain the unsent body before it closes.
+        answer = await asyncio.wait_for(reader.readuntil(b"}"), timeout=10)
+    finally:
+        writer.close()
+    assert _status(answer) == 408
+    assert b'"request_timeout"' in answer
+    assert (await client.get("/public/hello")).status == 200
+
+
+async def test_slow_auth_body_is_408(gateway: Client) -> None:
+    from gateway import auth_routes
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.server.port)
+    old = auth_routes.AUTH_BODY_TIMEOUT
+    auth_routes.AUTH_BODY_TIMEOUT = 0.5  # the module constant is the knob; 10 s in production
+    try:
+        writer.write(b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\nConnection: close\r\n\r\n{")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readuntil(b"}"), timeout=10)
+    finally:
+        auth_routes.AUTH_BODY_TIMEOUT = old
+        writer.close()
+    assert _status(answer) == 408
+
+
+async def test_login_body_split_over_packets_is_read_whole(gateway: Client) -> None:
+    await gateway.server.app[SESSIONS].add_user("split@example.com", "password-123")
+    body = json.dumps({"email": "split@example.com", "password": "password-123"}).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.server.port)
+    try:
+        head = f"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        writer.write(head.encode() + body[:10])
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.write(body[10:])
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+    assert _status(answer) == 200
