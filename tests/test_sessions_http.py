@@ -234,10 +234,17 @@ BAD_BODIES: list[tuple[str, bytes, str]] = [
     ("password_null", b'{"email": "alice@example.com", "password": null}', "application/json"),
     ("remember_me_number", b'{"email": "alice@example.com", "password": "correct horse battery staple", "remember_me": 3}', "application/json"),
     ("email_not_address", b'{"email": "alice", "password": "correct horse battery staple"}', "application/json"),
-    ("huge", b'{"email": "alice@example.com", "password": "' + b"x" * 17000 + b'"}', "application/json"),
     ("form_malformed", b"email=a%ZZ&&password", "application/x-www-form-urlencoded"),
     ("unsupported_type", b"email alice", "text/plain"),
 ]
+
+
+async def test_login_body_over_16k_is_413(make_gateway: MakeGateway, make_config: MakeConfig) -> None:
+    client = await gateway_with_user(make_gateway, make_config)
+    body = b'{"email": "alice@example.com", "password": "' + b"x" * 17000 + b'"}'
+    resp = await client.post("/auth/login", data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == 413
+    assert (await resp.json())["error"] == "payload_too_large"
 
 
 @pytest.mark.parametrize(("body", "ctype"), [(b, c) for _, b, c in BAD_BODIES], ids=[n for n, _, _ in BAD_BODIES])
@@ -248,7 +255,7 @@ async def test_login_bad_body_is_400(make_gateway: MakeGateway, make_config: Mak
     assert (await resp.json())["error"] == "invalid_request"
 
 
-async def test_login_huge_chunked_body_is_400(make_gateway: MakeGateway, make_config: MakeConfig) -> None:
+async def test_login_huge_chunked_body_is_413(make_gateway: MakeGateway, make_config: MakeConfig) -> None:
     client = await gateway_with_user(make_gateway, make_config)
 
     async def chunks() -> Any:
@@ -258,8 +265,8 @@ async def test_login_huge_chunked_body_is_400(make_gateway: MakeGateway, make_co
         yield b'"}'
 
     resp = await client.post("/auth/login", data=chunks(), headers={"Content-Type": "application/json"})
-    assert resp.status == 400
-    assert (await resp.json())["error"] == "invalid_request"
+    assert resp.status == 413
+    assert (await resp.json())["error"] == "payload_too_large"
 
 
 async def test_login_bad_refresh_in_body_flag_opens_no_session(make_gateway: MakeGateway, make_config: MakeConfig) -> None:

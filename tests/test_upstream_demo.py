@@ -87,10 +87,18 @@ async def test_echo_repeated_header_values_are_joined_under_first_name(
     assert headers["content-type"] == "text/plain"
 
 
-async def test_echo_root_path_without_query_reports_empty_query(client: TestClient[Any, Any]) -> None:
-    resp = await client.get("/")
+async def test_echo_other_path_without_query_reports_empty_query(client: TestClient[Any, Any]) -> None:
+    resp = await client.get("/other")
     data = await resp.json()
-    assert (data["path"], data["query"], data["body_length"]) == ("/", "", 0)
+    assert (data["path"], data["query"], data["body_length"]) == ("/other", "", 0)
+
+
+async def test_root_serves_the_demo_page(client: TestClient[Any, Any]) -> None:
+    resp = await client.get("/")
+    assert resp.status == 200
+    assert resp.content_type == "text/html"
+    page = await resp.text()
+    assert "/auth/client.js" in page and 'id="login-form"' in page
 
 
 async def test_public_hello_get_includes_greeting_and_request(client: TestClient[Any, Any]) -> None:
