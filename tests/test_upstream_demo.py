@@ -192,3 +192,11 @@ async def test_redirect_get_returns_302_to_whoami(client: TestClient[Any, Any]) 
     resp = await client.get("/api/redirect", allow_redirects=False)
     assert resp.status == 302
     assert resp.headers["Location"] == "/api/whoami"
+
+
+async def test_stream_head_sends_headers_without_body(client: TestClient[Any, Any]) -> None:
+    resp = await client.head("/api/stream?bytes=5000")
+    assert resp.status == 200
+    assert resp.headers["Content-Length"] == "5000"
+    assert await resp.read() == b""
+    assert (await client.get("/api/whoami")).status == 200  # the connection was left clean

@@ -6,10 +6,10 @@ Must not: import anything from `gateway`, or know about tokens, authentication o
 import asyncio
 import gzip
 import hashlib
-from pathlib import Path
 import json
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -108,6 +108,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
         headers={"Content-Type": "application/octet-stream", "Content-Length": str(total)},
     )
     await response.prepare(request)
+    if request.method == "HEAD":
+        # aiohttp does not hold back body writes on a streamed HEAD answer; send none.
+        await response.write_eof()
+        return response
     view = memoryview(_PATTERN_CHUNK)
     remaining = total
     while remaining > 0:
