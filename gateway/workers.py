@@ -49,7 +49,8 @@ def supervise(config_path: str, workers: int, *, stop_timeout: float) -> int:
                 delay = min(_RESTART_BACKOFF_MAX, 0.5 * 2 ** (failures[i] - 1))
                 restart_at[i] = now + delay
                 print(f"gateway worker {i} exited with {proc.returncode}; restarting in {delay:.1f}s", file=sys.stderr)
-            elif now >= restart_at.pop(i):
+            elif now >= restart_at[i]:
+                del restart_at[i]
                 procs[i] = start(i)
     for proc in procs.values():
         if proc.poll() is None:

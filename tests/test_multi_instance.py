@@ -195,3 +195,40 @@ async def test_multi_instance_sqlite_two_processes_on_one_file(tmp_path: Path, u
     with _instances(tmp_path, f"sqlite:///{db}", upstream_port, count=2) as (a, b):
         _add_user(tmp_path / "gateway-0.toml", "multi@example.com")
         await _rotate_replay_logout(a, b)
+
+
+def _children(pid: int) -> set[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return {int(p) for p in out.stdout.split()}
+
+
+async def test_workers_supervisor_restarts_a_dead_worker_and_stops_all_on_sigterm(tmp_path: Path, upstream_port: int) -> None:
+    import os
+    import signal
+
+    port = free_port()
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(_toml(port=port, store_url=f"sqlite:///{tmp_path / 'w.db'}", upstream_port=upstream_port, workers=2))
+    with gateway_process(cfg, port) as supervisor:
+        deadline = time.monotonic() + 10
+        while len(workers := _children(supervisor.pid)) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert len(workers) == 2
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            now = _children(supervisor.pid)
+            if len(now) == 2 and victim not in now:
+                break
+            await asyncio.sleep(0.1)
+        replaced = _children(supervisor.pid)
+        assert len(replaced) == 2 and victim not in replaced
+        async with aiohttp.ClientSession() as http:
+            for _ in range(10):
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
+                    assert r.status == 200
+        supervisor.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(supervisor.wait, 20) == 0
+        for pid in replaced:
+            assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
