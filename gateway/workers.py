@@ -34,6 +34,7 @@ def supervise(config_path: str, workers: int, *, stop_timeout: float) -> int:
         return subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", config_path], env=env)
 
     procs = {i: start(i) for i in range(workers)}
+    started = dict.fromkeys(procs, time.monotonic())
     failures = dict.fromkeys(procs, 0)
     restart_at: dict[int, float] = {}
     print(f"gateway supervisor pid={os.getpid()} started {workers} workers", file=sys.stderr)
@@ -44,7 +45,8 @@ def supervise(config_path: str, workers: int, *, stop_timeout: float) -> int:
             if proc.poll() is None:
                 continue
             if i not in restart_at:
-                failures[i] += 1
+                # A worker that ran a while before dying starts its back-off afresh.
+                failures[i] = 1 if now - started[i] > 30 else failures[i] + 1
                 # Back off a worker that keeps dying at once, so a broken config or port cannot spin the CPU.
                 delay = min(_RESTART_BACKOFF_MAX, 0.5 * 2 ** (failures[i] - 1))
                 restart_at[i] = now + delay
@@ -52,6 +54,7 @@ def supervise(config_path: str, workers: int, *, stop_timeout: float) -> int:
             elif now >= restart_at[i]:
                 del restart_at[i]
                 procs[i] = start(i)
+                started[i] = now
     for proc in procs.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
