@@ -6,9 +6,11 @@ Must not: import aiohttp or serve requests itself; it only starts, watches and s
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from types import FrameType
 
@@ -29,8 +31,11 @@ def supervise(config_path: str, workers: int, *, stop_timeout: float) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    # Each worker writes its metrics to files here and /metrics on any worker sums them all.
+    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+
     def start(index: int) -> subprocess.Popen[bytes]:
-        env = {**os.environ, WORKER_ENV: str(index)}
+        env = {**os.environ, WORKER_ENV: str(index), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
         return subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", config_path], env=env)
 
     procs = {i: start(i) for i in range(workers)}
@@ -65,4 +70,5 @@ def supervise(config_path: str, workers: int, *, stop_timeout: float) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

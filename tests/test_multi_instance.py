@@ -226,8 +226,19 @@ async def test_workers_supervisor_restarts_a_dead_worker_and_stops_all_on_sigter
         assert len(replaced) == 2 and victim not in replaced
         async with aiohttp.ClientSession() as http:
             for _ in range(10):
-                async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
-                    assert r.status == 200
+                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+                    async with fresh.get(f"http://127.0.0.1:{port}/healthz") as r:
+                        assert r.status == 200
+            # /metrics on any worker sums every worker's counters.
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                text = await r.text()
+            from prometheus_client.parser import text_string_to_metric_families
+
+            served = sum(
+                s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "gateway_requests_total" and s.labels.get("route") == "internal"
+            )  # fmt: skip
+            assert served >= 10
         supervisor.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(supervisor.wait, 20) == 0
         for pid in replaced:
