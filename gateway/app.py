@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 from aiohttp import web
@@ -22,7 +24,7 @@ from gateway import auth_routes
 from gateway.auth import authenticate
 from gateway.config import Config
 from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, NoRoute, StoreError
-from gateway.keys import CLIENT, CLOCK, CONFIG, KEYRING, METRICS, REVOKED, ROUTE_LABEL, SESSIONS, STORE, WEBSOCKETS
+from gateway.keys import CLIENT, CLOCK, CONFIG, KEYRING, LIVE_ROUTES, METRICS, REVOKED, ROUTE_LABEL, SESSIONS, STORE, WEBSOCKETS
 from gateway.log import store_log
 from gateway.metrics import Metrics
 from gateway.middleware import error_middleware
@@ -34,7 +36,7 @@ from gateway.sessions import SessionService
 from gateway.store import open_store
 from gateway.tokens import KeyRing
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "reload_app"]
 
 Handler = auth_routes.Handler
 _MAX_LINE = 8190
@@ -94,6 +96,40 @@ async def _jwks(request: web.Request) -> web.StreamResponse:
     return web.json_response(jwks, headers={"Cache-Control": "public, max-age=300"})
 
 
+class _LiveRoutes:
+    """The route table and forwarder that requests use; replaced as a pair on reload."""
+
+    def __init__(self, config: Config, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self.set(config)
+
+    def set(self, config: Config) -> None:
+        """Builds both from `config`; in-flight requests keep the pair they started with."""
+        self.table, self.forwarder = RouteTable(config.routes), Forwarder(config, observe=self._metrics.observe_upstream)
+
+
+def reload_app(app: web.Application, new: Config) -> list[str]:
+    """Applies a re-read config to a running app: routes, limits and token keys change in place,
+    established connections stay. Returns the changed keys that need a restart to take effect."""
+    old = app[CONFIG]
+    keyring = KeyRing(new.tokens)  # raises ConfigError before anything changes
+    cast(_LiveRoutes, app[LIVE_ROUTES]).set(new)
+    app[KEYRING].adopt(keyring)
+    app[SESSIONS].set_limits(new.limits)
+    restart = [
+        name
+        for name in ("server", "store", "cookies", "csrf", "identity_headers", "log")
+        if getattr(old, name) != getattr(new, name) and not (name == "server" and _only_tls_changed(old, new))
+    ]
+    if any(getattr(old.tokens, k) != getattr(new.tokens, k) for k in ("issuer", "audience", "access_ttl", "leeway")):
+        restart.append("tokens (issuer, audience, lifetimes)")
+    return restart
+
+
+def _only_tls_changed(old: Config, new: Config) -> bool:
+    return dataclasses.replace(old.server, tls_cert=new.server.tls_cert, tls_key=new.server.tls_key) == new.server
+
+
 def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyring: KeyRing | None = None) -> web.Application:
     """The gateway as an aiohttp application; `clock` is injectable for tests."""
     metrics = Metrics()
@@ -127,8 +163,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
         "/metrics": {"GET": _metrics},
     }
     sessions_prefix = f"{prefix}/sessions/"
-    routes = RouteTable(config.routes)
-    forwarder = Forwarder(config, observe=metrics.observe_upstream)
+    live = _LiveRoutes(config, metrics)
+    app[LIVE_ROUTES] = live
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         target = normalize_target(request.raw_path)
@@ -150,7 +186,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
             if handler is None:
                 raise MethodNotAllowed(f"{request.method} is not allowed here", allow=tuple(methods))
             return await handler(request)
-        route = routes.match(path)
+        route = live.table.match(path)
         if route is None:
             raise NoRoute("no route matches this path")
         request[ROUTE_LABEL] = route.prefix
@@ -162,8 +198,16 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
                 metrics.auth_decision("deny", exc.code)
                 raise
             metrics.auth_decision("allow" if principal else "anonymous", "ok")
-        return await forwarder.forward(request, route, target, principal)
+        return await live.forwarder.forward(request, route, target, principal)
 
+    if config.server.hsts:
+        hsts = config.server.hsts
+
+        async def add_hsts(request: web.Request, response: web.StreamResponse) -> None:
+            response.headers["Strict-Transport-Security"] = hsts
+
+        # on_response_prepare reaches streamed and WebSocket answers too; only registered when asked for.
+        app.on_response_prepare.append(add_hsts)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_client_ctx)

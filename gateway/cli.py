@@ -11,12 +11,13 @@ import getpass
 import json
 import logging
 import os
+import signal
 import ssl
 import sys
 import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from gateway.config import Config, load_config, masked
 from gateway.errors import ConfigError, GatewayError
@@ -117,8 +118,14 @@ def _serve(cfg: Config, config_path: str) -> int:
     worker = os.environ.get(WORKER_ENV)
     if cfg.server.workers > 1 and worker is None:
         return supervise(os.path.abspath(config_path), cfg.server.workers, stop_timeout=cfg.server.shutdown_timeout.total_seconds() + 5)
+    app = create_app(cfg, keyring=keyring)
+
+    async def listen_for_sighup(app: web.Application) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, app, config_path, context)
+
+    app.on_startup.append(listen_for_sighup)
     web.run_app(
-        create_app(cfg, keyring=keyring),
+        app,
         host=cfg.server.host,
         port=cfg.server.port,
         ssl_context=context,
@@ -131,6 +138,26 @@ def _serve(cfg: Config, config_path: str) -> int:
         ),
     )
     return 0
+
+
+def _reload(app: Any, config_path: str, context: ssl.SSLContext | None) -> None:
+    """SIGHUP: re-read the config and apply routes, limits, keys and the TLS certificate in place."""
+    from gateway.app import reload_app
+
+    log = logging.getLogger("gateway.proxy")
+    try:
+        new = load_config(config_path)
+        restart = reload_app(app, new)
+        if context is not None and new.server.tls_cert is not None and new.server.tls_key is not None:
+            # New handshakes use the new certificate; established connections keep theirs.
+            context.load_cert_chain(new.server.tls_cert, new.server.tls_key)
+    except ConfigError as exc:
+        log.error("reload refused, still running the old config: %s", exc)
+        return
+    except (OSError, ssl.SSLError) as exc:
+        log.error("reload: cannot load the TLS certificate, still serving the old one: %s", exc)
+        return
+    log.warning("reloaded %s: routes, limits and keys%s", config_path, f"; restart to apply {', '.join(restart)}" if restart else "")
 
 
 def _iso(ts: float) -> str:

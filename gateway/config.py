@@ -80,6 +80,7 @@ class ServerConfig:
         ipaddress.ip_network("::1/128"),
     )
     shutdown_timeout: timedelta = timedelta(seconds=30)
+    hsts: str | None = None
     revocation_poll: timedelta = timedelta(milliseconds=250)
 
 
@@ -326,6 +327,12 @@ def _upstream(raw: object) -> str:
     return raw.rstrip("/")
 
 
+def _hsts(raw: object) -> str:
+    if not isinstance(raw, str) or not re.fullmatch(r"max-age=\d+(; ?includeSubDomains)?(; ?preload)?", raw):
+        raise ValueError(f"must be a Strict-Transport-Security value like \"max-age=63072000; includeSubDomains\", not {raw!r}")
+    return raw
+
+
 def _header_name(raw: object) -> str:
     if not isinstance(raw, str) or not _HEADER_NAME.match(raw):
         raise ValueError(f"must be an HTTP header name, not {raw!r}")
@@ -407,6 +414,7 @@ def _server(t: _Table, base: Path) -> ServerConfig:
         tls_key=t.get("tls_key", d.tls_key, _path(base)),
         metrics_networks=t.get("metrics_networks", d.metrics_networks, _networks),
         shutdown_timeout=t.get("shutdown_timeout", d.shutdown_timeout, parse_duration),
+        hsts=t.get("hsts", d.hsts, _hsts),
         revocation_poll=d.revocation_poll,
     )
     if cfg.auth_prefix == "/":

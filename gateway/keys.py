@@ -21,6 +21,7 @@ __all__ = [
     "CLOCK",
     "CONFIG",
     "KEYRING",
+    "LIVE_ROUTES",
     "PRINCIPAL",
     "REQUEST_ID",
     "REVOKED",
@@ -40,6 +41,8 @@ STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
 SESSIONS = web.AppKey("sessions", SessionService)
 CLIENT = web.AppKey("client", ClientSession)
 METRICS = web.AppKey("metrics", Metrics)
+# The route table and forwarder, a mutable holder so SIGHUP can swap them while the app runs.
+LIVE_ROUTES = web.AppKey("live_routes", object)
 REVOKED = web.AppKey("revoked", RevokedSessions)
 # Open proxied WebSockets by session id, so a revocation can close them at once.
 WEBSOCKETS = web.AppKey("websockets", dict[str, set[web.WebSocketResponse]])

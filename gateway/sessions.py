@@ -18,7 +18,7 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from gateway.config import Config
+from gateway.config import Config, LimitsConfig
 from gateway.errors import BadRequest, InvalidCredentials, NoRoute, RateLimited, RefreshRejected, RefreshReused
 from gateway.limits import RateLimiter
 from gateway.log import audit
@@ -88,9 +88,16 @@ class SessionService:
         # Cheap parameters would weaken stored hashes; argon2-cffi's defaults follow RFC 9106's second recommendation.
         self._hasher = PasswordHasher()
         self._dummy_hash = self._hasher.hash(secrets.token_hex(16))
-        self._login_by_ip = RateLimiter(config.limits.login)
-        self._login_by_email = RateLimiter(config.limits.login)
-        self._refresh_limit = RateLimiter(config.limits.refresh)
+        self.set_limits(config.limits)
+
+    def set_limits(self, limits: LimitsConfig) -> None:
+        """(Re)applies `[limits]`; counts restart from zero when a rate changes."""
+        if getattr(self, "_limits", None) == limits:
+            return
+        self._limits = limits
+        self._login_by_ip = RateLimiter(limits.login)
+        self._login_by_email = RateLimiter(limits.login)
+        self._refresh_limit = RateLimiter(limits.refresh)
 
     # -- users ---------------------------------------------------------------------------------
 

@@ -156,6 +156,16 @@ class KeyRing:
         seed = cfg.refresh_secret.encode() if cfg.refresh_secret else material
         self._successor_key = hmac.new(seed, b"gateway refresh-token successor", hashlib.sha256).digest()
 
+    def adopt(self, other: KeyRing) -> None:
+        """Takes over another ring's keys in place (config reload); cached verifications are dropped."""
+        self.cfg = other.cfg
+        self.algorithm = other.algorithm
+        self._leeway = other._leeway
+        self._keys = other._keys
+        self._current = other._current
+        self._successor_key = other._successor_key
+        self._cache = {}
+
     @property
     def current_kid(self) -> str:
         """The `kid` of the key that signs new tokens."""

@@ -30,6 +30,13 @@ def supervise(config_path: str, workers: int, *, stop_timeout: float) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    reload_requested = False
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        nonlocal reload_requested
+        reload_requested = True
+
+    signal.signal(signal.SIGHUP, on_hup)
 
     # Each worker writes its metrics to files here and /metrics on any worker sums them all.
     metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
@@ -45,6 +52,11 @@ def supervise(config_path: str, workers: int, *, stop_timeout: float) -> int:
     print(f"gateway supervisor pid={os.getpid()} started {workers} workers", file=sys.stderr)
     while not stopping:
         time.sleep(0.2)
+        if reload_requested:
+            reload_requested = False
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGHUP)
         now = time.monotonic()
         for i, proc in list(procs.items()):
             if proc.poll() is None:
