@@ -202,3 +202,40 @@ async def test_login_body_split_over_packets_is_read_whole(gateway: Client) -> N
     finally:
         writer.close()
     assert _status(answer) == 200
+
+
+async def test_enumeration_unknown_email_costs_a_password_check_too(make_gateway: MakeGateway, make_config: MakeConfig) -> None:
+    """Not a speed test: without the dummy-hash check an unknown email answers ~1000x faster than a
+    wrong password; with it both take one argon2 verification. The bound is loose on purpose."""
+    import statistics
+    import time
+
+    client = await make_gateway(make_config(limits={"login": "1000/minute"}))
+    await client.server.app[SESSIONS].add_user("known@example.com", "password-123")
+
+    async def timed(email: str) -> float:
+        start = time.perf_counter()
+        resp = await client.post("/auth/login", json={"email": email, "password": "password-999"})
+        assert resp.status == 401
+        return time.perf_counter() - start
+
+    unknown = statistics.median([await timed("nobody@example.com") for _ in range(5)])
+    wrong = statistics.median([await timed("known@example.com") for _ in range(5)])
+    assert 1 / 3 < unknown / wrong < 3
+
+
+async def test_store_never_holds_a_refresh_token_in_plaintext(make_gateway: MakeGateway, make_config: MakeConfig, tmp_path: Any) -> None:
+    client = await make_gateway(make_config())
+    await client.server.app[SESSIONS].add_user("p@example.com", "password-123")
+    resp = await client.post("/auth/login", json={"email": "p@example.com", "password": "password-123", "refresh_in_body": True})
+    tokens = [(await resp.json())["refresh_token"]]
+    for _ in range(3):
+        resp = await client.post("/auth/refresh-token", json={"refresh_token": tokens[-1]})
+        tokens.append((await resp.json())["refresh_token"])
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("gateway.db*"))
+    assert raw  # the database and its WAL were read
+    for token in tokens:
+        assert token.encode() not in raw
+    from gateway.tokens import hash_refresh_token
+
+    assert hash_refresh_token(tokens[-1]).encode() in raw
