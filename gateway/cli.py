@@ -126,6 +126,7 @@ def _serve(cfg: Config, config_path: str) -> int:
     app.on_startup.append(listen_for_sighup)
     web.run_app(
         app,
+        loop=_new_event_loop(),
         host=cfg.server.host,
         port=cfg.server.port,
         ssl_context=context,
@@ -138,6 +139,15 @@ def _serve(cfg: Config, config_path: str) -> int:
         ),
     )
     return 0
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (it roughly halves the event loop's own cost per request), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def _reload(app: Any, config_path: str, context: ssl.SSLContext | None) -> None:

@@ -157,7 +157,6 @@ class Forwarder:
         try:
             upstream = await session.request(
                 request.method, url, headers=headers, data=data, allow_redirects=False, timeout=plan.timeout,
-                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
             )  # fmt: skip
         except _ClientBodyTimeout as exc:
             raise RequestTimeout("the request body stalled") from exc
