@@ -32,16 +32,18 @@ from gateway.openapi import openapi_document
 from gateway.paths import RouteTable, normalize_target, under_prefix
 from gateway.proxy import Forwarder, close_websockets
 from gateway.revocations import RevokedSessions
+from gateway.serving import request_finished, request_started
 from gateway.sessions import SessionService
 from gateway.store import open_store
 from gateway.tokens import KeyRing
 
-__all__ = ["create_app", "reload_app"]
+__all__ = ["KEEPALIVE_TIMEOUT", "create_app", "reload_app"]
 
 Handler = auth_routes.Handler
 _MAX_LINE = 8190
 _MAX_FIELD = 8190
 _MAX_HEADERS = 100
+KEEPALIVE_TIMEOUT = 75.0
 
 
 async def _healthz(request: web.Request) -> web.StreamResponse:
@@ -142,7 +144,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
             "max_line_size": _MAX_LINE,
             "max_field_size": _MAX_FIELD,
             "max_headers": _MAX_HEADERS,
-            "keepalive_timeout": 75,
+            "keepalive_timeout": KEEPALIVE_TIMEOUT,
         },
     )
     app[CONFIG] = config
@@ -212,7 +214,11 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     async def handle(request: web.Request) -> web.StreamResponse:
         # The one middleware is composed here rather than registered: aiohttp would rebuild the
         # middleware chain for every request, a measurable share of the proxy's per-request cost.
-        return await guard(request, dispatch)
+        request_started(request.transport)
+        try:
+            return await guard(request, dispatch)
+        finally:
+            request_finished(request.transport)
 
     app.router.add_route("*", "/{tail:.*}", handle)
     app.cleanup_ctx.append(_store_ctx)

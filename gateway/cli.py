@@ -107,7 +107,8 @@ def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
 def _serve(cfg: Config, config_path: str) -> int:
     from aiohttp import web
 
-    from gateway.app import create_app
+    from gateway.app import KEEPALIVE_TIMEOUT, create_app
+    from gateway.serving import ConnectionGuard, serve
     from gateway.tokens import KeyRing
     from gateway.workers import WORKER_ENV, supervise
 
@@ -124,19 +125,21 @@ def _serve(cfg: Config, config_path: str) -> int:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, app, config_path, context)
 
     app.on_startup.append(listen_for_sighup)
-    web.run_app(
+    label = f"gateway {'worker ' + worker + ' ' if worker else ''}listening on {scheme}://{cfg.server.host}:{cfg.server.port}"
+    serve(
         app,
-        loop=_new_event_loop(),
         host=cfg.server.host,
         port=cfg.server.port,
+        loop=_new_event_loop(),
+        guard=ConnectionGuard(
+            max_connections=cfg.server.max_connections,
+            header_timeout=cfg.server.header_timeout.total_seconds(),
+            idle_allowance=KEEPALIVE_TIMEOUT,
+        ),
         ssl_context=context,
-        access_log=None,
         reuse_port=worker is not None,
         shutdown_timeout=cfg.server.shutdown_timeout.total_seconds(),
-        print=lambda _: print(
-            f"gateway {'worker ' + worker + ' ' if worker else ''}listening on {scheme}://{cfg.server.host}:{cfg.server.port}",
-            file=sys.stderr,
-        ),
+        on_listening=lambda: print(label, file=sys.stderr),
     )
     return 0
 

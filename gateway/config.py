@@ -81,6 +81,8 @@ class ServerConfig:
     )
     shutdown_timeout: timedelta = timedelta(seconds=30)
     hsts: str | None = None
+    max_connections: int = 10_000
+    header_timeout: timedelta = timedelta(seconds=10)
     revocation_poll: timedelta = timedelta(milliseconds=250)
 
 
@@ -372,6 +374,12 @@ def _workers(raw: object) -> int:
     return raw
 
 
+def _positive_int(raw: object) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+        raise ValueError(f"must be an integer >= 1, not {raw!r}")
+    return raw
+
+
 def _port(raw: object) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 65535:
         raise ValueError(f"must be a port number 0..65535, not {raw!r}")
@@ -415,8 +423,12 @@ def _server(t: _Table, base: Path) -> ServerConfig:
         metrics_networks=t.get("metrics_networks", d.metrics_networks, _networks),
         shutdown_timeout=t.get("shutdown_timeout", d.shutdown_timeout, parse_duration),
         hsts=t.get("hsts", d.hsts, _hsts),
+        max_connections=t.get("max_connections", d.max_connections, _positive_int),
+        header_timeout=t.get("header_timeout", d.header_timeout, parse_duration),
         revocation_poll=d.revocation_poll,
     )
+    if cfg.header_timeout <= timedelta(0):
+        t.problems.append("server.header_timeout: must be greater than 0")
     if cfg.auth_prefix == "/":
         t.problems.append("server.auth_prefix: must not be \"/\"")
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
