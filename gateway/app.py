@@ -24,7 +24,19 @@ from gateway import auth_routes
 from gateway.auth import authenticate
 from gateway.config import Config
 from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, NoRoute, StoreError
-from gateway.keys import CLIENT, CLOCK, CONFIG, KEYRING, LIVE_ROUTES, METRICS, REVOKED, ROUTE_LABEL, SESSIONS, STORE, WEBSOCKETS
+from gateway.keys import (
+    CLIENT,
+    CLOCK,
+    CONFIG,
+    KEYRING,
+    LIVE_ROUTES,
+    METRICS,
+    REVOKED,
+    ROUTE_LABEL,
+    SESSIONS,
+    STORE,
+    WEBSOCKETS,
+)
 from gateway.log import store_log
 from gateway.metrics import Metrics
 from gateway.middleware import error_middleware

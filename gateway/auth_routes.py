@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.auth import authenticate, check_origin, client_ip, extract_token
 from gateway.config import Config
-from gateway.errors import BadRequest, PayloadTooLarge, RefreshMissing, RequestTimeout, RefreshRejected, TokenInvalid
+from gateway.errors import BadRequest, PayloadTooLarge, RefreshMissing, RefreshRejected, RequestTimeout, TokenInvalid
 from gateway.keys import CONFIG, KEYRING, SESSIONS
 from gateway.log import audit
 from gateway.middleware import error_response

@@ -17,7 +17,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.auth import client_ip, peer_trusted
+from gateway.auth import peer_trusted
 from gateway.config import Config, RouteConfig
 from gateway.errors import RequestTimeout, UpstreamError, UpstreamTimeout
 from gateway.keys import CLIENT, REQUEST_ID, UPSTREAM_SECONDS, WEBSOCKETS
