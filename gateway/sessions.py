@@ -6,8 +6,6 @@ calls `on_revoke` with every session id it revokes so that the caller can cut ac
 
 from __future__ import annotations
 
-import asyncio
-import secrets
 import time
 import unicodedata
 import uuid
@@ -15,13 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
-
 from gateway.config import Config, LimitsConfig
 from gateway.errors import BadRequest, InvalidCredentials, NoRoute, RateLimited, RefreshRejected, RefreshReused
 from gateway.limits import RateLimiter
 from gateway.log import audit
+from gateway.passwords import Passwords
 from gateway.store import SessionRecord, Store, UserRecord
 from gateway.tokens import KeyRing, hash_refresh_token, new_refresh_token
 
@@ -85,9 +81,7 @@ class SessionService:
         self.on_revoke = on_revoke
         self.on_event = on_event
         self.clock = clock
-        # Cheap parameters would weaken stored hashes; argon2-cffi's defaults follow RFC 9106's second recommendation.
-        self._hasher = PasswordHasher()
-        self._dummy_hash = self._hasher.hash(secrets.token_hex(16))
+        self._passwords = Passwords()
         self.set_limits(config.limits)
 
     def set_limits(self, limits: LimitsConfig) -> None:
@@ -102,8 +96,8 @@ class SessionService:
     # -- users ---------------------------------------------------------------------------------
 
     async def hash_password(self, password: str) -> str:
-        """An argon2id hash, computed off the event loop."""
-        return await asyncio.to_thread(self._hasher.hash, check_password(password))
+        """An argon2id hash, computed on the password threads (not the event loop's)."""
+        return await self._passwords.hash(check_password(password))
 
     async def add_user(self, email: str, password: str) -> UserRecord:
         """Creates a user; Conflict if the email exists."""
@@ -141,7 +135,7 @@ class SessionService:
 
     async def login(self, email: object, password: object, *, remember_me: bool, user_agent: str, ip: str) -> Issued:
         """Checks the password and opens a session; one answer for every kind of failure."""
-        shown, key = normalize_email(email)
+        _, key = normalize_email(email)
         if not isinstance(password, str) or not password or len(password) > _MAX_PASSWORD:
             raise BadRequest(f"password must be a string of 1 to {_MAX_PASSWORD} characters")
         now = self.clock()
@@ -154,7 +148,7 @@ class SessionService:
         self._login_by_ip.hit(ip, now=now)
         self._login_by_email.hit(key, now=now)
         user = await self.store.get_user(email_key=key)
-        ok = await asyncio.to_thread(self._verify, user.password_hash if user else self._dummy_hash, password)
+        ok = await self._passwords.verify(user.password_hash if user else None, password)
         if user is None or not ok or user.disabled:
             reason = "unknown_email" if user is None else "wrong_password" if not ok else "user_disabled"
             self._audit("login_failure", user_id=user.id if user else None, ip=ip, reason=reason)
@@ -180,23 +174,17 @@ class SessionService:
         self._audit("login_success", user_id=user.id, session_id=session.id, ip=ip)
         return self._issue(session, user, refresh_token, now=now)
 
-    def _verify(self, password_hash: str, password: str) -> bool:
-        try:
-            return self._hasher.verify(password_hash, password)
-        except (VerificationError, InvalidHashError):
-            return False
-
     async def refresh(self, refresh_token: str, *, ip: str) -> Issued:
         """Rotates the refresh token; raises RefreshRejected, RefreshReused or RateLimited."""
         token_hash = hash_refresh_token(refresh_token)
         now = self.clock()
-        known = await self.store.find_session(token_hash=token_hash)
-        if known is not None:
-            wait = self._refresh_limit.take(known.id, now=now)
-            if wait:
-                self._audit("refresh_failure", user_id=known.user_id, session_id=known.id, ip=ip, reason="rate_limited")
-                raise RateLimited("too many refreshes for this session; try again later", retry_after=wait)
         successor = self.keys.successor(refresh_token)
+        # The store calls `admit` inside the rotation, before it changes anything, so a refresh is
+        # one store call; on SQLite that is on the database thread. Nothing else touches this
+        # limiter (login has its own), and that one thread runs operations one at a time, so no two
+        # threads ever mutate it together. set_limits swaps in a new limiter instead of changing
+        # this one, and we keep the one we started with.
+        limiter = self._refresh_limit
         outcome = await self.store.rotate(
             token_hash=token_hash,
             successor_hash=hash_refresh_token(successor),
@@ -204,9 +192,13 @@ class SessionService:
             grace_s=self.cfg.reuse_grace.total_seconds(),
             remember_ttl_s=self.cfg.refresh_ttl.total_seconds(),
             session_ttl_s=self.cfg.session_ttl.total_seconds(),
+            admit=lambda session_id: limiter.take(session_id, now=now),
         )
         session, user = outcome.session, outcome.user
         uid, sid = (user.id if user else None), (session.id if session else None)
+        if outcome.kind == "limited":
+            self._audit("refresh_failure", user_id=uid, session_id=sid, ip=ip, reason="rate_limited")
+            raise RateLimited("too many refreshes for this session; try again later", retry_after=outcome.retry_after)
         if outcome.kind == "reused":
             self._audit("reuse_detected", user_id=uid, session_id=sid, ip=ip, reason="refresh_token_reused")
             self._revoked([sid] if sid else [], user_id=uid, reason="refresh_token_reused")

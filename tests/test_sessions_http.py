@@ -16,6 +16,7 @@ import jwt
 import pytest
 from aiohttp import ClientResponse, WSMsgType
 from aiohttp.test_utils import TestClient
+from argon2 import PasswordHasher
 
 from gateway.keys import CONFIG, SESSIONS
 from gateway.store import UserRecord, open_store
@@ -150,6 +151,20 @@ async def test_login_json_body_returns_access_token_and_cookies(make_gateway: Ma
     assert set(cookies) == {"refresh_token", "access_token"}
     assert cookies["access_token"][0] == body["access_token"]
     assert (await whoami(client, body["access_token"])).status == 200
+
+
+async def test_login_hash_made_by_argon2_defaults_still_verifies(make_gateway: MakeGateway, make_config: MakeConfig) -> None:
+    client = await make_gateway(make_config())
+    service = client.server.app[SESSIONS]
+    # A hash with argon2-cffi's default parameters (four lanes) still logs in: parameters live in the hash.
+    legacy = PasswordHasher().hash(PASSWORD)
+    await service.store.create_user(user_id="u-legacy", email=EMAIL, email_key=EMAIL, password_hash=legacy, now=time.time())
+    assert (await login(client)).status == 200
+    assert (await login(client, password=PASSWORD + "!")).status == 401
+    # What the gateway writes is a standard argon2id hash, 64 MiB, 3 passes, one lane.
+    ours = await service.hash_password(PASSWORD)
+    assert ours.startswith("$argon2id$v=19$m=65536,t=3,p=1$")
+    assert PasswordHasher().verify(ours, PASSWORD)
 
 
 async def test_login_form_body_succeeds(make_gateway: MakeGateway, make_config: MakeConfig) -> None:
@@ -803,6 +818,19 @@ async def test_limits_refresh_per_session_429(make_gateway: MakeGateway, make_co
     assert (await resp.json())["error"] == "rate_limited"
     assert 1 <= int(resp.headers["Retry-After"]) <= 60
     assert (await refresh_body(client, other["refresh_token"])).status == 200
+
+
+async def test_limits_refresh_refused_rotates_nothing(make_gateway: MakeGateway, make_config: MakeConfig, clock: FakeClock) -> None:
+    client = await gateway_with_user(make_gateway, make_config, limits={"refresh": "1/minute"})
+    token = (await body_login(client))["refresh_token"]
+    resp = await refresh_body(client, token)
+    assert resp.status == 200
+    token = (await resp.json())["refresh_token"]
+    assert (await refresh_body(client, token)).status == 429
+    clock.advance(61)
+    # the refused token is still the current one: neither rotated nor counted as reused
+    resp = await refresh_body(client, token)
+    assert resp.status == 200, await resp.text()
 
 
 # -- revocation that bites at once -----------------------------------------------------------
