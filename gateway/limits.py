@@ -17,7 +17,12 @@ _MAX_KEYS = 100_000
 
 
 class RateLimiter:
-    """At most `rate.count` events per key in any window of `rate.period_s` seconds."""
+    """At most `rate.count` events per key in any window of `rate.period_s` seconds.
+
+    Not locked: each instance must be used by one thread at a time. The refresh limiter is used only
+    inside the store's rotation (SQLite's own thread, or the event loop with PostgreSQL; see
+    SessionService.refresh), the login limiters only on the event loop.
+    """
 
     def __init__(self, rate: Rate) -> None:
         self.rate = rate

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.errors import Conflict
-from gateway.store import SessionRecord, Store, UserRecord
+from gateway.store import Admit, SessionRecord, Store, UserRecord
 
 __all__ = ["StoreContract"]
 
@@ -63,7 +63,7 @@ async def _session(
     return record, token_hash
 
 
-async def _rotate(store: Store, token_hash: str, successor_hash: str, *, now: float) -> Any:
+async def _rotate(store: Store, token_hash: str, successor_hash: str, *, now: float, admit: Admit | None = None) -> Any:
     return await store.rotate(
         token_hash=token_hash,
         successor_hash=successor_hash,
@@ -71,7 +71,20 @@ async def _rotate(store: Store, token_hash: str, successor_hash: str, *, now: fl
         grace_s=GRACE,
         remember_ttl_s=REMEMBER_TTL,
         session_ttl_s=SESSION_TTL,
+        admit=admit,
     )
+
+
+class _Admit:
+    """An `admit` callback that answers `wait` and records the session ids it was asked about."""
+
+    def __init__(self, wait: int) -> None:
+        self.wait = wait
+        self.asked: list[str] = []
+
+    def __call__(self, session_id: str) -> int:
+        self.asked.append(session_id)
+        return self.wait
 
 
 class StoreContract:
@@ -313,6 +326,58 @@ class StoreContract:
         stored = await store.find_session(session_id=record.id)
         assert stored is not None and stored.revoked_at is None
         assert (await _rotate(store, second, _hash("third"), now=T0 + 2)).kind == "rotated"
+
+    async def test_rotate_admit_zero_rotates_and_is_asked_once_with_session_id(self, store: Store) -> None:
+        user = await _user(store)
+        record, first = await _session(store, user)
+        admit = _Admit(0)
+        assert (await _rotate(store, first, _hash("second"), now=T0 + 1, admit=admit)).kind == "rotated"
+        assert admit.asked == [record.id]
+
+    async def test_rotate_admit_refusal_is_limited_and_changes_nothing(self, store: Store) -> None:
+        user = await _user(store)
+        record, first = await _session(store, user)
+        second = _hash("second")
+        admit = _Admit(7)
+        out = await _rotate(store, first, second, now=T0 + 1, admit=admit)
+        assert out.kind == "limited" and out.retry_after == 7
+        assert out.session.id == record.id and out.user.id == user.id
+        assert admit.asked == [record.id]
+        assert await store.find_session(session_id=record.id) == record
+        assert await store.find_session(token_hash=second) is None
+        # the refused token is still current: later it rotates, not "reused"
+        assert (await _rotate(store, first, second, now=T0 + 2)).kind == "rotated"
+
+    async def test_rotate_admit_refusal_of_old_token_does_not_revoke(self, store: Store) -> None:
+        user = await _user(store)
+        record, first = await _session(store, user)
+        await _rotate(store, first, _hash("second"), now=T0 + 1)
+        out = await _rotate(store, first, _hash("forged"), now=T0 + 2, admit=_Admit(3))
+        assert out.kind == "limited"
+        stored = await store.find_session(session_id=record.id)
+        assert stored is not None and stored.revoked_at is None
+        assert await store.revocations_since(0) == []
+
+    async def test_rotate_admit_asked_before_other_checks_but_not_for_unknown(self, store: Store) -> None:
+        user = await _user(store)
+        record, first = await _session(store, user)
+        await store.revoke(now=T0 + 1, reason="logout", session_id=record.id)
+        admit = _Admit(5)
+        assert (await _rotate(store, first, _hash("x"), now=T0 + 2, admit=admit)).kind == "limited"
+        assert admit.asked == [record.id]
+        assert (await _rotate(store, first, _hash("x"), now=T0 + 2, admit=_Admit(0))).kind == "invalid"
+        unknown = _Admit(5)
+        out = await _rotate(store, _hash("unknown"), _hash("x"), now=T0 + 2, admit=unknown)
+        assert out.kind == "invalid" and unknown.asked == []
+
+    async def test_rotate_50_concurrent_with_admit_each_asked_once(self, store: Store) -> None:
+        user = await _user(store)
+        _, first = await _session(store, user)
+        second = _hash("second")
+        admit = _Admit(0)
+        outcomes = await asyncio.gather(*(_rotate(store, first, second, now=T0 + 1, admit=admit) for _ in range(50)))
+        assert sorted(o.kind for o in outcomes) == ["rotated"] + ["twin"] * 49
+        assert len(admit.asked) == 50
 
     # -- revoke and listing --------------------------------------------------------------------
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import StoreConfig
-from gateway.errors import StoreError
+from gateway.errors import Conflict, StoreError, StoreUnavailable
 from gateway.store import SessionRecord, Store, open_store
 from gateway.store.sqlite import MIGRATIONS
 from tests.store_contract import StoreContract
@@ -103,3 +106,77 @@ async def test_sqlite_two_connections_one_file_see_each_others_revocations(db_pa
     finally:
         await a.aclose()
         await b.aclose()
+
+
+def _record(session_id: str, user_id: str) -> SessionRecord:
+    return SessionRecord(
+        id=session_id, user_id=user_id, created_at=T0, last_used_at=T0, expires_at=T0 + 100,
+        absolute_expires_at=T0 + 1000, remember_me=False, user_agent="", ip="",
+    )  # fmt: skip
+
+
+async def test_sqlite_queued_writes_one_failing_rolls_back_only_itself(store: Store, db_path: Path) -> None:
+    user = await store.create_user(user_id="u-1", email="a@example.com", email_key="a@example.com", password_hash="h", now=T0)
+    await store.create_session(_record("s-0", user.id), token_hash="hash-0")
+    # Another connection holds the write lock, so the operations below queue up and share a transaction.
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        tasks = [
+            asyncio.ensure_future(store.create_session(_record("s-1", user.id), token_hash="hash-1")),
+            # its session row goes in, then its token hash collides: the whole operation must vanish
+            asyncio.ensure_future(store.create_session(_record("s-dup", user.id), token_hash="hash-0")),
+            asyncio.ensure_future(
+                store.rotate(
+                    token_hash="hash-0", successor_hash="hash-0b", now=T0 + 1, grace_s=10, remember_ttl_s=1000, session_ttl_s=100
+                )
+            ),
+            asyncio.ensure_future(
+                store.create_user(user_id="u-2", email="A@example.com", email_key="a@example.com", password_hash="h", now=T0)
+            ),
+            asyncio.ensure_future(store.create_session(_record("s-2", user.id), token_hash="hash-2")),
+        ]
+        await asyncio.sleep(0.3)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert results[0] is None and results[4] is None
+    assert isinstance(results[1], StoreUnavailable)
+    assert results[2].kind == "rotated"  # type: ignore[union-attr]
+    assert isinstance(results[3], Conflict)
+    assert await store.find_session(session_id="s-dup") is None
+    assert {s.id for s in await store.list_sessions(user.id, now=T0 + 2)} == {"s-0", "s-1", "s-2"}
+    assert await store.get_user(user_id="u-2") is None
+    assert (await store.find_session(token_hash="hash-0b")).id == "s-0"  # type: ignore[union-attr]
+
+
+async def test_sqlite_aclose_first_runs_what_was_queued(db_path: Path) -> None:
+    store = await open_store(_cfg(db_path))
+    pending = asyncio.ensure_future(
+        store.create_user(user_id="u-1", email="a@example.com", email_key="a@example.com", password_hash="h", now=T0)
+    )
+    await asyncio.sleep(0)
+    await store.aclose()
+    assert (await pending).id == "u-1"
+    with pytest.raises(StoreUnavailable):
+        await store.ping()
+    reopened = await open_store(_cfg(db_path))
+    try:
+        assert await reopened.get_user(user_id="u-1") is not None
+    finally:
+        await reopened.aclose()
+
+
+def test_sqlite_store_left_open_does_not_keep_the_process_alive(db_path: Path) -> None:
+    code = (
+        "import asyncio, pathlib\n"
+        "from gateway.config import StoreConfig\n"
+        "from gateway.store import open_store\n"
+        f"p = pathlib.Path({str(db_path)!r})\n"
+        "async def main():\n"
+        "    store = await open_store(StoreConfig(url=f'sqlite:///{p}', sqlite_path=p))\n"
+        "    await store.ping()\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)

@@ -6,12 +6,14 @@ or hold a token in plaintext (the store sees refresh-token hashes only).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from gateway.config import StoreConfig
 
 __all__ = [
+    "Admit",
     "RevocationEvent",
     "RotateOutcome",
     "SessionRecord",
@@ -50,19 +52,26 @@ class SessionRecord:
     revoked_reason: str | None = None
 
 
+# Called with the session id of a known token before `rotate` changes anything; returns 0 to go on,
+# else the whole seconds the caller must wait. Backends may call it on their own thread (see rotate).
+Admit = Callable[[str], int]
+
+
 @dataclass(frozen=True, slots=True)
 class RotateOutcome:
     """What presenting a refresh token did.
 
     `rotated`: the token was current and is now dead; `twin`: it was rotated within the grace window
     and its successor is still current, so the caller answers with that same successor; `reused`: an
-    old token came back, the session is now revoked; `invalid`: unknown, expired, revoked or disabled.
+    old token came back, the session is now revoked; `invalid`: unknown, expired, revoked or disabled;
+    `limited`: `admit` refused the session (nothing changed), wait `retry_after` seconds.
     """
 
-    kind: Literal["rotated", "twin", "reused", "invalid"]
+    kind: Literal["rotated", "twin", "reused", "invalid", "limited"]
     session: SessionRecord | None = None
     user: UserRecord | None = None
     reason: str = ""
+    retry_after: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +112,14 @@ class Store(Protocol):
         grace_s: float,
         remember_ttl_s: float,
         session_ttl_s: float,
+        admit: Admit | None = None,
     ) -> RotateOutcome:
-        """Atomically rotates `token_hash` to `successor_hash` (see RotateOutcome for the cases)."""
+        """Atomically rotates `token_hash` to `successor_hash` (see RotateOutcome for the cases).
+
+        When the token is known (in any state), `admit(session_id)` is called exactly once, inside the
+        operation and before any other check or change; a non-zero answer ends it as `limited`. It may
+        run on a backend's own thread, one call at a time, so it must not touch the event loop.
+        """
 
     async def find_session(self, *, token_hash: str | None = None, session_id: str | None = None) -> SessionRecord | None:
         """A session by any of its refresh-token hashes or by id, revoked or not."""

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from gateway.errors import Conflict, StoreError, StoreUnavailable
-from gateway.store import RevocationEvent, RotateOutcome, SessionRecord, UserRecord
+from gateway.store import Admit, RevocationEvent, RotateOutcome, SessionRecord, UserRecord
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
@@ -193,6 +193,7 @@ class PostgresStore:
         grace_s: float,
         remember_ttl_s: float,
         session_ttl_s: float,
+        admit: Admit | None = None,
     ) -> RotateOutcome:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
@@ -210,6 +211,10 @@ class PostgresStore:
                     token["session_id"], token["successor_hash"],
                 )  # fmt: skip
                 session, user, child_is_current = _session(row), _user(row, 11), bool(row[17])
+                # On the event loop here, between awaits, so calls never overlap; leaving the block
+                # without a change ends the transaction with nothing written.
+                if admit is not None and (wait := admit(session.id)):
+                    return RotateOutcome(kind="limited", session=session, user=user, reason="rate_limited", retry_after=wait)
                 if session.revoked_at is not None:
                     return RotateOutcome(kind="invalid", session=session, user=user, reason="revoked")
                 if user.disabled:

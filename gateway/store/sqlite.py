@@ -1,26 +1,29 @@
-"""The SQLite backend (aiosqlite): schema, migrations and transactions; WAL, busy timeout, short writes.
+"""The SQLite backend: schema, migrations, and every store operation as one function on the database thread.
 
-Must not: import aiohttp, tokens or another backend; or let two coroutines interleave statements in
-one transaction (every operation holds `_lock`, and writes run under BEGIN IMMEDIATE so that other
-processes on the same file queue behind the busy timeout instead of failing).
+One thread per store owns a plain `sqlite3` connection (see `sqlite_runner`): a store call is one
+synchronous function queued to it, so it costs one hop there and back, and writes that queue up
+while the thread is busy share one transaction (group commit).
+
+Must not: import aiohttp, tokens or another backend; run SQL outside an operation function (that is
+what keeps each operation atomic and alone on the connection); or start a write transaction other
+than BEGIN IMMEDIATE (other processes on the same file queue behind the busy timeout instead of failing).
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
-
-import aiosqlite
+from typing import Any, TypeVar
 
 from gateway.errors import Conflict, StoreError, StoreUnavailable
-from gateway.store import RevocationEvent, RotateOutcome, SessionRecord, UserRecord
+from gateway.store import Admit, RevocationEvent, RotateOutcome, SessionRecord, UserRecord
+from gateway.store.sqlite_runner import Op, Runner
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
+
+T = TypeVar("T")
 
 # Each entry moves the schema one version up; applied in order at start, never edited once shipped.
 MIGRATIONS: tuple[str, ...] = (
@@ -70,6 +73,12 @@ _SESSION_COLS = (
     "s.remember_me, s.user_agent, s.ip, s.revoked_at, s.revoked_reason"
 )
 _USER_COLS = "u.id, u.email, u.email_key, u.password_hash, u.disabled, u.created_at"
+_ROTATE_LOOKUP = (
+    f"SELECT t.rotated_at, t.successor_hash, {_SESSION_COLS}, {_USER_COLS},"
+    " (SELECT c.rotated_at IS NULL FROM refresh_tokens c WHERE c.token_hash = t.successor_hash)"
+    " FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id"
+    " WHERE t.token_hash = ?"
+)
 
 
 def _session(row: Iterable[Any]) -> SessionRecord:
@@ -85,130 +94,128 @@ def _user(row: Iterable[Any]) -> UserRecord:
     return UserRecord(id=r[0], email=r[1], email_key=r[2], password_hash=r[3], disabled=bool(r[4]), created_at=r[5])
 
 
-class SqliteStore:
-    """`Store` on one SQLite file through one aiosqlite connection per process."""
+def _connect(path: Path) -> sqlite3.Connection:
+    """Runs on the database thread: opens (creating if needed) the file, sets WAL and migrates."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN ourselves, so a write transaction starts as IMMEDIATE.
+        db = sqlite3.connect(str(path), isolation_level=None)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreUnavailable(f"cannot open SQLite database {path}: {exc}") from exc
+    try:
+        db.execute("PRAGMA busy_timeout = 10000")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = ON")
+        _migrate(db)
+    except sqlite3.Error as exc:
+        db.close()
+        raise StoreError(f"cannot prepare SQLite database {path}: {exc}") from exc
+    except BaseException:
+        db.close()
+        raise
+    return db
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
-        self._lock = asyncio.Lock()
+
+def _migrate(db: sqlite3.Connection) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        rows = db.execute("SELECT version FROM schema_version").fetchall()
+        version = rows[0][0] if rows else 0
+        if not rows:
+            db.execute("INSERT INTO schema_version (version) VALUES (0)")
+        if version > len(MIGRATIONS):
+            raise StoreError(f"database schema version {version} is newer than this gateway ({len(MIGRATIONS)})")
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in filter(str.strip, script.split(";")):
+                db.execute(statement)
+            db.execute("UPDATE schema_version SET version = ?", (number,))
+    except BaseException:
+        if db.in_transaction:  # some errors (I/O, disk full) already rolled it back
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+class SqliteStore:
+    """`Store` on one SQLite file through one connection, owned by one thread, per process."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+        self._closed = False
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
         """Opens (creating if needed) the file, sets WAL and migrates."""
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: we issue BEGIN ourselves, so a write transaction starts as IMMEDIATE.
-            db = await aiosqlite.connect(str(path), isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreUnavailable(f"cannot open SQLite database {path}: {exc}") from exc
-        store = cls(db)
-        try:
-            await db.execute("PRAGMA busy_timeout = 10000")
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute("PRAGMA synchronous = NORMAL")
-            await db.execute("PRAGMA foreign_keys = ON")
-            await store._migrate()
-        except sqlite3.Error as exc:
-            await db.close()
-            raise StoreError(f"cannot prepare SQLite database {path}: {exc}") from exc
-        except StoreError:
-            # _migrate refuses a newer schema with StoreError; an unclosed aiosqlite connection keeps
-            # its non-daemon thread alive and the process would never exit.
-            await db.close()
-            raise
-        return store
+        # A plain sqlite3 connection on our own thread rather than aiosqlite: aiosqlite runs a whole
+        # function on its thread only through private API, and a store operation must be one function there.
+        return cls(await Runner.start(lambda: _connect(path)))
 
-    async def _migrate(self) -> None:
-        async with self._tx() as db:
-            await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            rows = list(await db.execute_fetchall("SELECT version FROM schema_version"))
-            version = rows[0][0] if rows else 0
-            if not rows:
-                await db.execute("INSERT INTO schema_version (version) VALUES (0)")
-            if version > len(MIGRATIONS):
-                raise StoreError(f"database schema version {version} is newer than this gateway ({len(MIGRATIONS)})")
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in filter(str.strip, script.split(";")):
-                    await db.execute(statement)
-                await db.execute("UPDATE schema_version SET version = ?", (number,))
+    async def _do(self, fn: Op[T], *, write: bool) -> T:
+        if self._closed:
+            raise StoreUnavailable("the SQLite store is closed")
+        return await self._runner.submit(fn, write=write)
 
-    @asynccontextmanager
-    async def _tx(self, *, write: bool = True) -> AsyncIterator[aiosqlite.Connection]:
-        """One transaction, alone on this connection; sqlite errors become StoreError."""
-        async with self._lock:
-            try:
-                await self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"SQLite: {exc}") from exc
-            try:
-                yield self._db
-            except BaseException:
-                try:
-                    await self._db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise
-            try:
-                await self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"SQLite: {exc}") from exc
-
-    async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        async with self._lock:
-            try:
-                return list(await self._db.execute_fetchall(sql, params))
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"SQLite: {exc}") from exc
+    async def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        return await self._do(lambda db: db.execute(sql, params).fetchall(), write=False)
 
     async def create_user(self, *, user_id: str, email: str, email_key: str, password_hash: str, now: float) -> UserRecord:
-        try:
-            async with self._tx() as db:
-                await db.execute(
+        def op(db: sqlite3.Connection) -> None:
+            try:
+                db.execute(
                     "INSERT INTO users (id, email, email_key, password_hash, disabled, created_at, updated_at)"
                     " VALUES (?, ?, ?, ?, 0, ?, ?)",
                     (user_id, email, email_key, password_hash, now, now),
                 )
-        except sqlite3.IntegrityError as exc:
-            raise Conflict(f"a user with email {email} already exists") from exc
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(f"a user with email {email} already exists") from exc
+
+        await self._do(op, write=True)
         return UserRecord(id=user_id, email=email, email_key=email_key, password_hash=password_hash, disabled=False, created_at=now)
 
     async def get_user(self, *, email_key: str | None = None, user_id: str | None = None) -> UserRecord | None:
         if email_key is not None:
-            rows = await self._read(f"SELECT {_USER_COLS} FROM users u WHERE u.email_key = ?", (email_key,))
+            rows = await self._rows(f"SELECT {_USER_COLS} FROM users u WHERE u.email_key = ?", (email_key,))
         else:
-            rows = await self._read(f"SELECT {_USER_COLS} FROM users u WHERE u.id = ?", (user_id,))
+            rows = await self._rows(f"SELECT {_USER_COLS} FROM users u WHERE u.id = ?", (user_id,))
         return _user(rows[0]) if rows else None
 
     async def list_users(self) -> list[UserRecord]:
-        rows = await self._read(f"SELECT {_USER_COLS} FROM users u ORDER BY u.created_at, u.email_key")
+        rows = await self._rows(f"SELECT {_USER_COLS} FROM users u ORDER BY u.created_at, u.email_key")
         return [_user(r) for r in rows]
 
     async def update_user(
         self, user_id: str, *, now: float, password_hash: str | None = None, disabled: bool | None = None
     ) -> list[str]:
-        async with self._tx() as db:
+        def op(db: sqlite3.Connection) -> list[str]:
             if password_hash is not None:
-                await db.execute("UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?", (password_hash, now, user_id))
+                db.execute("UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?", (password_hash, now, user_id))
             if disabled is not None:
-                await db.execute("UPDATE users SET disabled = ?, updated_at = ? WHERE id = ?", (int(disabled), now, user_id))
+                db.execute("UPDATE users SET disabled = ?, updated_at = ? WHERE id = ?", (int(disabled), now, user_id))
             if password_hash is None and not disabled:
                 return []
             reason = "password_changed" if password_hash is not None else "user_disabled"
-            return await self._revoke_where(db, "user_id = ?", (user_id,), now=now, reason=reason)
+            return _revoke_where(db, "user_id = ?", (user_id,), now=now, reason=reason)
+
+        return await self._do(op, write=True)
 
     async def create_session(self, session: SessionRecord, *, token_hash: str) -> None:
         s = session
-        async with self._tx() as db:
-            await db.execute(
+
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at, absolute_expires_at,"
                 " remember_me, user_agent, ip) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (s.id, s.user_id, s.created_at, s.last_used_at, s.expires_at, s.absolute_expires_at,
                  int(s.remember_me), s.user_agent, s.ip),
             )  # fmt: skip
-            await db.execute(
+            db.execute(
                 "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES (?, ?, ?)",
                 (token_hash, s.id, s.created_at),
             )
+
+        await self._do(op, write=True)
 
     async def rotate(
         self,
@@ -219,22 +226,16 @@ class SqliteStore:
         grace_s: float,
         remember_ttl_s: float,
         session_ttl_s: float,
+        admit: Admit | None = None,
     ) -> RotateOutcome:
-        async with self._tx() as db:
-            rows = list(
-                await db.execute_fetchall(
-                    f"SELECT t.rotated_at, t.successor_hash, {_SESSION_COLS}, {_USER_COLS},"
-                    " (SELECT c.rotated_at IS NULL FROM refresh_tokens c WHERE c.token_hash = t.successor_hash)"
-                    " FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id"
-                    " WHERE t.token_hash = ?",
-                    (token_hash,),
-                )
-            )
-            if not rows:
+        def op(db: sqlite3.Connection) -> RotateOutcome:
+            row = db.execute(_ROTATE_LOOKUP, (token_hash,)).fetchone()
+            if row is None:
                 return RotateOutcome(kind="invalid", reason="unknown")
-            row = rows[0]
             rotated_at, stored_successor = row[0], row[1]
             session, user, child_is_current = _session(row[2:13]), _user(row[13:19]), bool(row[19])
+            if admit is not None and (wait := admit(session.id)):
+                return RotateOutcome(kind="limited", session=session, user=user, reason="rate_limited", retry_after=wait)
             if session.revoked_at is not None:
                 return RotateOutcome(kind="invalid", session=session, user=user, reason="revoked")
             if user.disabled:
@@ -244,35 +245,35 @@ class SqliteStore:
             if rotated_at is not None:
                 if stored_successor == successor_hash and child_is_current and now - rotated_at <= grace_s:
                     return RotateOutcome(kind="twin", session=session, user=user, reason="within_grace")
-                await self._revoke_where(db, "id = ?", (session.id,), now=now, reason="refresh_token_reused")
+                _revoke_where(db, "id = ?", (session.id,), now=now, reason="refresh_token_reused")
                 return RotateOutcome(kind="reused", session=session, user=user, reason="refresh_token_reused")
             ttl = remember_ttl_s if session.remember_me else session_ttl_s
             expires_at = min(now + ttl, session.absolute_expires_at)
-            await db.execute(
+            db.execute(
                 "UPDATE refresh_tokens SET rotated_at = ?, successor_hash = ? WHERE token_hash = ? AND rotated_at IS NULL",
                 (now, successor_hash, token_hash),
             )
-            await db.execute(
+            db.execute(
                 "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES (?, ?, ?)",
                 (successor_hash, session.id, now),
             )
-            await db.execute(
-                "UPDATE sessions SET last_used_at = ?, expires_at = ? WHERE id = ?", (now, expires_at, session.id)
-            )
-        return RotateOutcome(kind="rotated", session=replace(session, last_used_at=now, expires_at=expires_at), user=user)
+            db.execute("UPDATE sessions SET last_used_at = ?, expires_at = ? WHERE id = ?", (now, expires_at, session.id))
+            return RotateOutcome(kind="rotated", session=replace(session, last_used_at=now, expires_at=expires_at), user=user)
+
+        return await self._do(op, write=True)
 
     async def find_session(self, *, token_hash: str | None = None, session_id: str | None = None) -> SessionRecord | None:
         if token_hash is not None:
-            rows = await self._read(
+            rows = await self._rows(
                 f"SELECT {_SESSION_COLS} FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id WHERE t.token_hash = ?",
                 (token_hash,),
             )
         else:
-            rows = await self._read(f"SELECT {_SESSION_COLS} FROM sessions s WHERE s.id = ?", (session_id,))
+            rows = await self._rows(f"SELECT {_SESSION_COLS} FROM sessions s WHERE s.id = ?", (session_id,))
         return _session(rows[0]) if rows else None
 
     async def list_sessions(self, user_id: str, *, now: float) -> list[SessionRecord]:
-        rows = await self._read(
+        rows = await self._rows(
             f"SELECT {_SESSION_COLS} FROM sessions s WHERE s.user_id = ? AND s.revoked_at IS NULL"
             " AND s.expires_at > ? AND s.absolute_expires_at > ? ORDER BY s.created_at DESC",
             (user_id, now, now),
@@ -282,48 +283,47 @@ class SqliteStore:
     async def revoke(
         self, *, now: float, reason: str, session_id: str | None = None, user_id: str | None = None
     ) -> list[str]:
-        async with self._tx() as db:
-            if session_id is not None:
-                return await self._revoke_where(db, "id = ?", (session_id,), now=now, reason=reason)
-            return await self._revoke_where(db, "user_id = ?", (user_id,), now=now, reason=reason)
-
-    @staticmethod
-    async def _revoke_where(
-        db: aiosqlite.Connection, where: str, params: tuple[Any, ...], *, now: float, reason: str
-    ) -> list[str]:
-        rows = await db.execute_fetchall(f"SELECT id FROM sessions WHERE {where} AND revoked_at IS NULL", params)
-        ids = [r[0] for r in rows]
-        if ids:
-            await db.execute(
-                f"UPDATE sessions SET revoked_at = ?, revoked_reason = ? WHERE {where} AND revoked_at IS NULL",
-                (now, reason, *params),
-            )
-            await db.executemany("INSERT INTO revocations (session_id, revoked_at) VALUES (?, ?)", [(i, now) for i in ids])
-        return ids
+        where, param = ("id = ?", session_id) if session_id is not None else ("user_id = ?", user_id)
+        return await self._do(lambda db: _revoke_where(db, where, (param,), now=now, reason=reason), write=True)
 
     async def count_live_sessions(self, *, now: float) -> int:
-        rows = await self._read(
+        rows = await self._rows(
             "SELECT count(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > ? AND absolute_expires_at > ?",
             (now, now),
         )
         return int(rows[0][0])
 
     async def revocations_since(self, seq: int, *, not_before: float = 0.0) -> list[RevocationEvent]:
-        rows = await self._read(
+        rows = await self._rows(
             "SELECT seq, session_id, revoked_at FROM revocations WHERE seq > ? AND revoked_at >= ? ORDER BY seq",
             (seq, not_before),
         )
         return [RevocationEvent(seq=r[0], session_id=r[1], revoked_at=r[2]) for r in rows]
 
     async def prune(self, *, now: float, revocations_before: float) -> int:
-        async with self._tx() as db:
-            cursor = await db.execute("DELETE FROM sessions WHERE absolute_expires_at < ?", (now,))
-            count = cursor.rowcount
-            await db.execute("DELETE FROM revocations WHERE revoked_at < ?", (revocations_before,))
-        return count
+        def op(db: sqlite3.Connection) -> int:
+            count = db.execute("DELETE FROM sessions WHERE absolute_expires_at < ?", (now,)).rowcount
+            db.execute("DELETE FROM revocations WHERE revoked_at < ?", (revocations_before,))
+            return count
+
+        return await self._do(op, write=True)
 
     async def ping(self) -> None:
-        await self._read("SELECT 1")
+        await self._rows("SELECT 1")
 
     async def aclose(self) -> None:
-        await self._db.close()
+        if self._closed:
+            return
+        self._closed = True
+        await self._runner.stop()
+
+
+def _revoke_where(db: sqlite3.Connection, where: str, params: tuple[Any, ...], *, now: float, reason: str) -> list[str]:
+    ids = [r[0] for r in db.execute(f"SELECT id FROM sessions WHERE {where} AND revoked_at IS NULL", params)]
+    if ids:
+        db.execute(
+            f"UPDATE sessions SET revoked_at = ?, revoked_reason = ? WHERE {where} AND revoked_at IS NULL",
+            (now, reason, *params),
+        )
+        db.executemany("INSERT INTO revocations (session_id, revoked_at) VALUES (?, ?)", [(i, now) for i in ids])
+    return ids
