@@ -16,6 +16,10 @@ PURE = [
     "gateway.revocations",
     "gateway.store",
     "gateway.store.sqlite",
+    "gateway.store.sqlite_runner",
+    "gateway.passwords",
+    "gateway.openapi",
+    "gateway.metrics",
     "gateway.sessions",
     "gateway.workers",
 ]
