@@ -900,6 +900,10 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["## Targets", "", "| target | goal | measured | met? | by |", "| --- | --- | --- | --- | --- |"]
     for t in r["targets"]:
         lines.append(f"| {t['target']} | {t['goal']} | {t['measured']} | {'met' if t['met'] else '**missed**'} | {t['by']} |")
+    shortfalls = HERE / "SHORTFALLS.md"
+    if shortfalls.exists():
+        # A person's analysis of the missed targets, measured separately; copied in as written.
+        lines += ["", *shortfalls.read_text().rstrip("\n").splitlines()]
     lines += ["", "## Ratios", "", "| ratio | value |", "| --- | --- |"]
     lines += [f"| {k} | {val} |" for k, val in r["ratios"].items()]
     lines += ["", "## Proxying (wrk)", "", "| target | req/s (median) | p50 ms | p99 ms | req/s per cycle | p99 per cycle | non-2xx / socket errors |",
