@@ -61,15 +61,33 @@ class ConnectionGuard:
         self.idle_allowance = idle_allowance
         self.open = 0
 
-    def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
-        """A protocol factory that guards every protocol `factory` makes."""
+    def wrap(self, server: web.Server) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory that guards every request handler `server` would make."""
+        # The same arguments web.Server.__call__ passes, so our subclass behaves as its own would.
+        kwargs: dict[str, Any] = getattr(server, "_kwargs", {})
+        loop = asyncio.get_running_loop()
 
         def make() -> asyncio.Protocol:
             if self.open >= self.max_connections:
                 return _Refuse()
-            return _Guarded(self, factory())
+            return _Guarded(self, _JsonErrorHandler(server, loop=loop, **kwargs))
 
         return make
+
+
+class _JsonErrorHandler(web.RequestHandler):
+    """aiohttp's request handler, answering what its parser rejects (oversized or malformed request
+    line and headers) with the gateway's JSON error body instead of plain text."""
+
+    def handle_error(
+        self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        plain = super().handle_error(request, status, exc, message)  # logs, and refuses if already sent
+        code = {400: "invalid_request", 413: "payload_too_large", 431: "invalid_request"}.get(status, "server_error")
+        description = "the request could not be parsed" if status < 500 else "internal error"
+        response = web.json_response({"error": code, "error_description": description}, status=plain.status)
+        response.force_close()
+        return response
 
 
 class _Refuse(asyncio.Protocol):
@@ -144,7 +162,7 @@ class _GuardedSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            self._guard.wrap(server),  # type: ignore[arg-type]
+            self._guard.wrap(server),
             self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
             reuse_address=self._reuse_address, reuse_port=self._reuse_port,
         )  # fmt: skip

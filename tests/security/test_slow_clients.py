@@ -74,3 +74,22 @@ async def test_keepalive_connection_keeps_working_across_requests(tmp_path: Path
                 async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
                     assert r.status == 200
                 await asyncio.sleep(1.5)  # idle longer than header_timeout between requests is fine
+
+
+async def test_parser_rejections_are_json(tmp_path: Path) -> None:
+    port = free_port()
+    with gateway_process(_config(tmp_path, port), port):
+        for raw in (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+            b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 40\r\n\r\nhello",
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(raw)
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), timeout=10)
+            writer.close()
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head[:9] in (b"HTTP/1.1 ", b"HTTP/1.0 ") and head[9:10] == b"4", head
+            assert b"application/json" in head
+            assert json.loads(body)["error"] in ("invalid_request", "payload_too_large")
