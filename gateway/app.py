@@ -226,11 +226,11 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     async def handle(request: web.Request) -> web.StreamResponse:
         # The one middleware is composed here rather than registered: aiohttp would rebuild the
         # middleware chain for every request, a measurable share of the proxy's per-request cost.
-        request_started(request.transport)
+        request_started(request.protocol)
         try:
             return await guard(request, dispatch)
         finally:
-            request_finished(request.transport)
+            request_finished(request.protocol)
 
     app.router.add_route("*", "/{tail:.*}", handle)
     app.cleanup_ctx.append(_store_ctx)

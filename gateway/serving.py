@@ -19,9 +19,6 @@ from aiohttp.web_runner import GracefulExit
 
 __all__ = ["ConnectionGuard", "request_finished", "request_started", "serve"]
 
-_GUARDED: dict[asyncio.BaseTransport, _Guarded] = {}
-
-
 def _canned(status: int, reason: str, code: str, description: str) -> bytes:
     """A complete, fixed JSON answer for a connection the app never sees."""
     body = json.dumps({"error": code, "error_description": description}).encode()
@@ -36,18 +33,16 @@ _TOO_MANY = _canned(503, "Service Unavailable", "too_many_connections", "the gat
 _TOO_SLOW = _canned(408, "Request Timeout", "request_timeout", "the request headers did not arrive in time")
 
 
-def request_started(transport: asyncio.BaseTransport | None) -> None:
+def request_started(protocol: object) -> None:
     """The app got a whole request on this connection: its header deadline is met."""
-    guarded = _GUARDED.get(transport) if transport is not None else None
-    if guarded is not None:
-        guarded.cancel_deadline()
+    if isinstance(protocol, _GuardedHandler):
+        protocol.cancel_deadline()
 
 
-def request_finished(transport: asyncio.BaseTransport | None) -> None:
+def request_finished(protocol: object) -> None:
     """A response went out: the next request on this connection has its own deadline."""
-    guarded = _GUARDED.get(transport) if transport is not None else None
-    if guarded is not None:
-        guarded.start_deadline()
+    if isinstance(protocol, _GuardedHandler):
+        protocol.start_deadline()
 
 
 class ConnectionGuard:
@@ -62,7 +57,7 @@ class ConnectionGuard:
         self.open = 0
 
     def wrap(self, server: web.Server) -> Callable[[], asyncio.Protocol]:
-        """A protocol factory that guards every request handler `server` would make."""
+        """A protocol factory making guarded request handlers for `server`, or refusals past the cap."""
         # The same arguments web.Server.__call__ passes, so our subclass behaves as its own would.
         kwargs: dict[str, Any] = getattr(server, "_kwargs", {})
         loop = asyncio.get_running_loop()
@@ -70,14 +65,56 @@ class ConnectionGuard:
         def make() -> asyncio.Protocol:
             if self.open >= self.max_connections:
                 return _Refuse()
-            return _Guarded(self, _JsonErrorHandler(server, loop=loop, **kwargs))
+            return _GuardedHandler(server, guard=self, loop=loop, **kwargs)
 
         return make
 
 
-class _JsonErrorHandler(web.RequestHandler):
-    """aiohttp's request handler, answering what its parser rejects (oversized or malformed request
-    line and headers) with the gateway's JSON error body instead of plain text."""
+class _Refuse(asyncio.Protocol):
+    def connection_made(self, transport: Any) -> None:
+        transport.write(_TOO_MANY)
+        transport.close()
+
+
+class _GuardedHandler(web.RequestHandler):
+    """aiohttp's request handler, counted against the connection cap, closed with 408 when a request's
+    headers miss their deadline, and answering what its parser rejects (oversized or malformed
+    request line and headers) with the gateway's JSON error body instead of plain text."""
+
+    def __init__(self, manager: web.Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._gw_guard = guard
+        self._gw_deadline: asyncio.TimerHandle | None = None
+        self._gw_first = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._gw_guard.open += 1
+        super().connection_made(transport)
+        self.start_deadline()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.cancel_deadline()
+        self._gw_guard.open -= 1
+        super().connection_lost(exc)
+
+    def start_deadline(self) -> None:
+        """Arms the deadline for the next request's headers (the first one gets no idle allowance)."""
+        self.cancel_deadline()
+        delay = self._gw_guard.header_timeout + (0 if self._gw_first else self._gw_guard.idle_allowance)
+        self._gw_first = False
+        self._gw_deadline = asyncio.get_running_loop().call_later(delay, self._gw_expire)
+
+    def cancel_deadline(self) -> None:
+        if self._gw_deadline is not None:
+            self._gw_deadline.cancel()
+            self._gw_deadline = None
+
+    def _gw_expire(self) -> None:
+        self._gw_deadline = None
+        transport: Any = self.transport  # asyncio's or uvloop's (uvloop's are not WriteTransport subclasses)
+        if transport is not None and not transport.is_closing():
+            transport.write(_TOO_SLOW)
+            transport.close()
 
     def handle_error(
         self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
@@ -88,66 +125,6 @@ class _JsonErrorHandler(web.RequestHandler):
         response = web.json_response({"error": code, "error_description": description}, status=plain.status)
         response.force_close()
         return response
-
-
-class _Refuse(asyncio.Protocol):
-    def connection_made(self, transport: Any) -> None:
-        transport.write(_TOO_MANY)
-        transport.close()
-
-
-class _Guarded(asyncio.Protocol):
-    """Forwards every event to aiohttp's protocol; closes the connection with 408 past the deadline."""
-
-    def __init__(self, guard: ConnectionGuard, inner: Any) -> None:
-        self._guard = guard
-        self._inner = inner
-        self._transport: Any = None  # asyncio's or uvloop's transport (uvloop's are not WriteTransport subclasses)
-        self._timer: asyncio.TimerHandle | None = None
-        self._first = True
-
-    def connection_made(self, transport: Any) -> None:
-        self._guard.open += 1
-        self._transport = transport
-        _GUARDED[transport] = self
-        self.start_deadline()
-        self._inner.connection_made(transport)
-
-    def start_deadline(self) -> None:
-        self.cancel_deadline()
-        delay = self._guard.header_timeout + (0 if self._first else self._guard.idle_allowance)
-        self._first = False
-        self._timer = asyncio.get_running_loop().call_later(delay, self._expire)
-
-    def cancel_deadline(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _expire(self) -> None:
-        self._timer = None
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(_TOO_SLOW)
-            self._transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.cancel_deadline()
-        self._guard.open -= 1
-        if self._transport is not None:
-            _GUARDED.pop(self._transport, None)
-        self._inner.connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()  # type: ignore[no-any-return]
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
 
 
 class _GuardedSite(web.TCPSite):
