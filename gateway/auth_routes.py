@@ -21,7 +21,6 @@ from gateway.keys import CONFIG, KEYRING, SESSIONS
 from gateway.log import audit
 from gateway.middleware import error_response
 from gateway.sessions import Issued
-from gateway.tokens import hash_refresh_token
 
 __all__ = ["AUTH_BODY_LIMIT", "auth_endpoints"]
 
@@ -237,7 +236,7 @@ async def reject_token_in_url(request: web.Request) -> None:
     token = request.query.get("refresh_token")
     if token is None:
         return
-    found = await request.app[SESSIONS].store.find_session(token_hash=hash_refresh_token(token)) if token else None
+    found = await request.app[SESSIONS].session_for_token(token) if token else None
     if found is not None and found.revoked_at is None:
         await request.app[SESSIONS].revoke_session(found.id, reason="token_in_url", ip=client_ip(request, cfg))
     audit("token_in_url", session_id=found.id if found else None, ip=client_ip(request, cfg))

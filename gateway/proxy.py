@@ -32,7 +32,6 @@ HOP_BY_HOP = frozenset(
      "te", "trailer", "trailers", "transfer-encoding", "upgrade"}
 )  # fmt: skip
 _SMALL_BODY = 64 * 1024
-_CHUNK = 64 * 1024
 # Close codes that are legal to send in a close frame (RFC 6455 7.4); others are reported as 1011.
 _SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 WS_CLOSE_REVOKED = 1008
@@ -262,28 +261,29 @@ async def _client_body(request: web.Request, gap: float | None) -> AsyncIterator
         yield chunk
 
 
+async def _relay(
+    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    *,
+    fallback: int,
+) -> None:
+    """Copies messages from `source` to `sink` until `source` closes, then closes `sink` with its code
+    (a code that may not be sent in a close frame becomes `fallback`)."""
+    async for msg in source:
+        if msg.type == WSMsgType.TEXT:
+            await sink.send_str(msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            await sink.send_bytes(msg.data)
+    code = source.close_code or fallback
+    await sink.close(code=code if code in _SENDABLE or 3000 <= code < 5000 else fallback)
+
+
 async def _pump(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
     """Relays messages both ways until either side closes, then closes the other with the same code."""
-
-    async def to_upstream() -> None:
-        async for msg in client:
-            if msg.type == WSMsgType.TEXT:
-                await upstream.send_str(msg.data)
-            elif msg.type == WSMsgType.BINARY:
-                await upstream.send_bytes(msg.data)
-        code = client.close_code or 1000
-        await upstream.close(code=code if code in _SENDABLE or 3000 <= code < 5000 else 1000)
-
-    async def to_client() -> None:
-        async for msg in upstream:
-            if msg.type == WSMsgType.TEXT:
-                await client.send_str(msg.data)
-            elif msg.type == WSMsgType.BINARY:
-                await client.send_bytes(msg.data)
-        code = upstream.close_code or 1011
-        await client.close(code=code if code in _SENDABLE or 3000 <= code < 5000 else 1011)
-
-    tasks = [asyncio.create_task(to_upstream()), asyncio.create_task(to_client())]
+    tasks = [
+        asyncio.create_task(_relay(client, upstream, fallback=1000)),
+        asyncio.create_task(_relay(upstream, client, fallback=1011)),
+    ]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
