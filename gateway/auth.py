@@ -26,7 +26,9 @@ __all__ = [
 ]
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_trust_cache: dict[tuple[int, str], bool] = {}
+# Keyed by the id of the trusted_proxies tuple; each entry holds that tuple too, so it cannot be
+# freed and its id handed to another config's tuple (after a reload) while the entry exists.
+_trust_cache: dict[tuple[int, str], tuple[object, bool]] = {}
 
 
 def _peer(request: web.BaseRequest) -> str:
@@ -40,16 +42,17 @@ def peer_trusted(request: web.BaseRequest, cfg: Config) -> bool:
         return False
     peer = _peer(request)
     key = (id(nets), peer)
-    hit = _trust_cache.get(key)
-    if hit is None:
-        try:
-            addr = ipaddress.ip_address(peer)
-            hit = any(addr in net for net in nets)
-        except ValueError:
-            hit = False
-        if len(_trust_cache) > 10_000:
-            _trust_cache.clear()
-        _trust_cache[key] = hit
+    entry = _trust_cache.get(key)
+    if entry is not None:
+        return entry[1]
+    try:
+        addr = ipaddress.ip_address(peer)
+        hit = any(addr in net for net in nets)
+    except ValueError:
+        hit = False
+    if len(_trust_cache) > 10_000:
+        _trust_cache.clear()
+    _trust_cache[key] = (nets, hit)
     return hit
 
 

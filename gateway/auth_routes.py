@@ -31,7 +31,7 @@ _TRUE = {"1", "true", "on", "yes"}
 
 
 async def _read_body(request: web.Request) -> dict[str, Any]:
-    """A JSON object or a urlencoded form; anything else, or over 16 KiB, is a 400."""
+    """A JSON object or a urlencoded form; anything else is a 400, over 16 KiB a 413, too slow a 408."""
     if request.content_length is not None and request.content_length > AUTH_BODY_LIMIT:
         raise PayloadTooLarge(f"the body is larger than {AUTH_BODY_LIMIT} bytes")
     raw = b""
