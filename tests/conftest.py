@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.config import Config
-from tests.support import FakeClock, build_config
+from tests.support import FakeClock, build_config, missing_service
 from upstream_demo import create_app as create_upstream
 
 MakeConfig = Callable[..., Config]
@@ -73,9 +73,9 @@ PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 @pytest.fixture(scope="session")
 def pg_database() -> Any:
-    """A throw-away PostgreSQL database for this test run (dropped at the end), or a skip when no server answers.
+    """A throw-away PostgreSQL database for this test run (dropped at the end), or a failure when no server answers.
 
-    CI sets GATEWAY_REQUIRE_POSTGRES=1, which turns the skip into a failure.
+    A missing server fails the run unless GATEWAY_ALLOW_MISSING names postgres.
     """
     import asyncio
     import os
@@ -94,9 +94,7 @@ def pg_database() -> Any:
     try:
         asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        if os.environ.get("GATEWAY_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required here but unreachable: {exc}")
-        pytest.skip(f"no PostgreSQL server reachable at 127.0.0.1:5432: {exc}")
+        missing_service("postgres", f"no PostgreSQL server answers at 127.0.0.1:5432 ({exc})")
     try:
         yield f"postgresql://postgres@127.0.0.1:5432/{name}"
     finally:

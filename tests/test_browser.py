@@ -4,8 +4,8 @@ A real gateway (FakeClock injected, so access tokens expire on `clock.advance`) 
 real demo upstream; the page is loaded THROUGH the gateway (route `/` public). Refreshes and rotations
 are counted from the gateway's audit log ("gateway.audit"), never from the page.
 
-Chromium is Debian's /usr/bin/chromium; nothing here downloads a browser. Without it the tests skip,
-unless GATEWAY_REQUIRE_BROWSER=1 (CI), which turns the skip into a failure.
+Chromium is Debian's /usr/bin/chromium; nothing here downloads a browser. Without it the tests fail,
+unless GATEWAY_ALLOW_MISSING names browser (then they skip).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.keys import SESSIONS
 from tests.conftest import MakeConfig, MakeGateway
-from tests.support import FakeClock
+from tests.support import FakeClock, missing_service
 
 Client = TestClient[Any, Any]
 
@@ -39,9 +38,7 @@ ROUNDS = 20  # two-tab expiry rounds
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("GATEWAY_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"GATEWAY_REQUIRE_BROWSER=1 but {reason}")
-    pytest.skip(reason)
+    missing_service("browser", reason)
 
 
 @pytest.fixture
