@@ -155,6 +155,20 @@ class SessionService:
             raise InvalidCredentials("the email or password is wrong")
         self._login_by_ip.release(ip, at=now)
         self._login_by_email.release(key, at=now)
+        return await self.start_session(user, remember_me=remember_me, user_agent=user_agent, ip=ip)
+
+    async def start_session(
+        self,
+        user: UserRecord,
+        *,
+        remember_me: bool,
+        user_agent: str,
+        ip: str,
+        amr: tuple[str, ...] = ("pwd",),
+        idp: str = "",
+    ) -> Issued:
+        """Opens a session for a user whose identity is already proven (password, second factor, passkey,
+        identity provider); `amr` and `idp` say how, and go into every access token of the session."""
         now = self.clock()
         ttl = self.cfg.refresh_ttl if remember_me else self.cfg.session_ttl
         absolute = now + self.cfg.absolute_ttl.total_seconds()
@@ -168,6 +182,8 @@ class SessionService:
             remember_me=remember_me,
             user_agent=user_agent[:256],
             ip=ip,
+            amr=amr,
+            idp=idp,
         )
         refresh_token = new_refresh_token()
         await self.store.create_session(session, token_hash=hash_refresh_token(refresh_token))
@@ -211,7 +227,8 @@ class SessionService:
 
     def _issue(self, session: SessionRecord, user: UserRecord, refresh_token: str, *, now: float) -> Issued:
         access, expires_in = self.keys.issue_access_token(
-            sub=user.id, sid=session.id, email=user.email, now=now, not_after=session.absolute_expires_at
+            sub=user.id, sid=session.id, email=user.email, now=now, not_after=session.absolute_expires_at,
+            amr=session.amr, idp=session.idp,
         )
         max_age = max(0, int(session.expires_at - now)) if session.remember_me else None
         return Issued(

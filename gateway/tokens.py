@@ -45,6 +45,10 @@ class Principal:
     email: str
     jti: str
     exp: int
+    # RFC 8176 authentication methods of the session (e.g. ("pwd",), ("pwd", "otp", "mfa")) and, for a
+    # federated login, the identity provider's name.
+    amr: tuple[str, ...] = ()
+    idp: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +188,15 @@ class KeyRing:
         return _b64(mac.digest())
 
     def issue_access_token(
-        self, *, sub: str, sid: str, email: str, now: float, not_after: float | None = None
+        self,
+        *,
+        sub: str,
+        sid: str,
+        email: str,
+        now: float,
+        not_after: float | None = None,
+        amr: tuple[str, ...] = ("pwd",),
+        idp: str = "",
     ) -> tuple[str, int]:
         """A signed access token and its lifetime in seconds; `exp` never passes `not_after`."""
         iat = int(now)
@@ -200,7 +212,10 @@ class KeyRing:
             "iat": iat,
             "exp": exp,
             "email": email,
+            "amr": list(amr),
         }
+        if idp:
+            claims["idp"] = idp
         token = jwt.encode(claims, self._current.sign, algorithm=self.algorithm, headers={"kid": self._current.kid, "typ": _TYP})
         return token, exp - iat
 
@@ -261,6 +276,9 @@ class KeyRing:
             raise TokenInvalid("the access token has non-integer times")
         if not all(isinstance(v, str) and v for v in (sub, sid, jti)) or not isinstance(email, str):
             raise TokenInvalid("the access token has malformed claims")
+        amr, idp = claims.get("amr", []), claims.get("idp", "")
+        if not isinstance(amr, list) or not all(isinstance(m, str) for m in amr) or not isinstance(idp, str):
+            raise TokenInvalid("the access token has malformed amr or idp claims")
         if now is not None:
             # RFC 7519 4.1.4: a token MUST NOT be accepted "on or after" exp, so now == exp (+ leeway) is expired.
             if now >= exp + self._leeway:
@@ -269,4 +287,4 @@ class KeyRing:
                 raise TokenInvalid("the access token is not valid yet")
             if now + self._leeway < iat:
                 raise TokenInvalid("the access token was issued in the future")
-        return Principal(sub=sub, sid=sid, email=email, jti=jti, exp=exp)  # type: ignore[arg-type]
+        return Principal(sub=sub, sid=sid, email=email, jti=jti, exp=exp, amr=tuple(amr), idp=idp)  # type: ignore[arg-type]

@@ -168,6 +168,19 @@ class StoreContract:
         assert await store.find_session(token_hash=token_hash) == record
         assert await store.find_session(session_id=record.id) == record
 
+    async def test_session_amr_and_idp_survive_store_and_rotation(self, store: Store) -> None:
+        user = await _user(store)
+        record = SessionRecord(
+            id=str(uuid.uuid4()), user_id=user.id, created_at=T0, last_used_at=T0, expires_at=T0 + SESSION_TTL,
+            absolute_expires_at=T0 + ABSOLUTE_TTL, remember_me=False, user_agent="", ip="", amr=("pwd", "otp", "mfa"), idp="corp",
+        )  # fmt: skip
+        first = _hash("amr")
+        await store.create_session(record, token_hash=first)
+        assert await store.find_session(session_id=record.id) == record
+        outcome = await _rotate(store, first, _hash("amr2"), now=T0 + 1)
+        assert outcome.kind == "rotated", outcome
+        assert (outcome.session.amr, outcome.session.idp) == (("pwd", "otp", "mfa"), "corp")
+
     async def test_find_session_unknown_returns_none(self, store: Store) -> None:
         user = await _user(store)
         await _session(store, user)

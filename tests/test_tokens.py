@@ -145,13 +145,30 @@ def ring() -> KeyRing:
 # --- issue and verify ----------------------------------------------------------------------------------------------
 
 
+def test_issue_access_token_amr_and_idp_round_trip_to_principal(ring: KeyRing) -> None:
+    token, _ = ring.issue_access_token(sub="u", sid="s", email="a@b.c", now=NOW, amr=("fed",), idp="corp")
+    body = jwt.decode(token, SECRET, algorithms=["HS256"], audience="api", options={"verify_exp": False, "verify_iat": False})
+    assert (body["amr"], body["idp"]) == (["fed"], "corp")
+    principal = ring.verify_access_token(token, now=NOW)
+    assert (principal.amr, principal.idp) == (("fed",), "corp")
+
+
+@pytest.mark.parametrize("amr", ["pwd", [1], {"a": 1}, ["pwd", None]])
+def test_verify_access_token_malformed_amr_is_invalid(ring: KeyRing, amr: object) -> None:
+    claims = {"iss": "gateway", "aud": "api", "sub": "u", "sid": "s", "jti": "j", "iat": NOW, "exp": NOW + 60, "amr": amr}
+    token = jwt.encode(claims, SECRET, algorithm="HS256", headers={"kid": ring.current_kid, "typ": "at+jwt"})
+    with pytest.raises(TokenInvalid, match="amr"):
+        ring.verify_access_token(token, now=NOW)
+
+
 def test_issue_access_token_hs256_has_typ_kid_and_all_claims(ring: KeyRing) -> None:
     token, expires_in = ring.issue_access_token(sub="u-7", sid="s-7", email="a@b.c", now=NOW + 0.9)
     header = jwt.get_unverified_header(token)
     assert header == {"alg": "HS256", "typ": "at+jwt", "kid": ring.current_kid}
     body = jwt.decode(token, SECRET, algorithms=["HS256"], audience="api", options={"verify_exp": False, "verify_iat": False})
-    assert set(body) == {"iss", "aud", "sub", "sid", "jti", "iat", "exp", "email"}
+    assert set(body) == {"iss", "aud", "sub", "sid", "jti", "iat", "exp", "email", "amr"}
     assert (body["iss"], body["aud"], body["sub"], body["sid"], body["email"]) == ("gateway", "api", "u-7", "s-7", "a@b.c")
+    assert body["amr"] == ["pwd"]
     assert (body["iat"], body["exp"], expires_in) == (NOW, NOW + TTL, TTL)
 
 

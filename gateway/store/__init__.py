@@ -50,6 +50,10 @@ class SessionRecord:
     ip: str
     revoked_at: float | None = None
     revoked_reason: str | None = None
+    # How the session was authenticated (RFC 8176 values, e.g. ("pwd",), ("pwd", "otp", "mfa"), ("fed",))
+    # and the identity provider that started it ("" for a local login); both go into its access tokens.
+    amr: tuple[str, ...] = ("pwd",)
+    idp: str = ""
 
 
 # Called with the session id of a known token before `rotate` changes anything; returns 0 to go on,

@@ -56,6 +56,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX revocations_time ON revocations(revoked_at);
     """,
+    # How a session was authenticated (space-separated RFC 8176 amr values) and by which identity provider.
+    """
+    ALTER TABLE sessions ADD COLUMN amr TEXT NOT NULL DEFAULT 'pwd';
+    ALTER TABLE sessions ADD COLUMN idp TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 _MIGRATION_LOCK = 0x6761_7465_7761_79  # arbitrary constants shared by every gateway instance
@@ -66,16 +71,18 @@ _REVOCATION_LOCK = 0x6761_7465_7761_7A
 
 _SESSION_COLS = (
     "s.id, s.user_id, s.created_at, s.last_used_at, s.expires_at, s.absolute_expires_at, "
-    "s.remember_me, s.user_agent, s.ip, s.revoked_at, s.revoked_reason"
+    "s.remember_me, s.user_agent, s.ip, s.revoked_at, s.revoked_reason, s.amr, s.idp"
 )
+_N_SESSION = _SESSION_COLS.count(",") + 1
 _USER_COLS = "u.id, u.email, u.email_key, u.password_hash, u.disabled, u.created_at"
+_N_USER = _USER_COLS.count(",") + 1
 
 
 def _session(r: Any, o: int = 0) -> SessionRecord:
     return SessionRecord(
         id=r[o], user_id=r[o + 1], created_at=r[o + 2], last_used_at=r[o + 3], expires_at=r[o + 4],
         absolute_expires_at=r[o + 5], remember_me=r[o + 6], user_agent=r[o + 7], ip=r[o + 8],
-        revoked_at=r[o + 9], revoked_reason=r[o + 10],
+        revoked_at=r[o + 9], revoked_reason=r[o + 10], amr=tuple(r[o + 11].split()), idp=r[o + 12],
     )  # fmt: skip
 
 
@@ -173,9 +180,9 @@ class PostgresStore:
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(
                     "INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at, absolute_expires_at,"
-                    " remember_me, user_agent, ip) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    " remember_me, user_agent, ip, amr, idp) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                     s.id, s.user_id, s.created_at, s.last_used_at, s.expires_at, s.absolute_expires_at,
-                    s.remember_me, s.user_agent, s.ip,
+                    s.remember_me, s.user_agent, s.ip, " ".join(s.amr), s.idp,
                 )  # fmt: skip
                 await conn.execute(
                     "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1, $2, $3)",
@@ -210,7 +217,7 @@ class PostgresStore:
                     " FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1 FOR UPDATE OF s",
                     token["session_id"], token["successor_hash"],
                 )  # fmt: skip
-                session, user, child_is_current = _session(row), _user(row, 11), bool(row[17])
+                session, user, child_is_current = _session(row), _user(row, _N_SESSION), bool(row[_N_SESSION + _N_USER])
                 # On the event loop here, between awaits, so calls never overlap; leaving the block
                 # without a change ends the transaction with nothing written.
                 if admit is not None and (wait := admit(session.id)):

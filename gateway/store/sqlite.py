@@ -66,13 +66,20 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX revocations_time ON revocations(revoked_at);
     """,
+    # How a session was authenticated (space-separated RFC 8176 amr values) and by which identity provider.
+    """
+    ALTER TABLE sessions ADD COLUMN amr TEXT NOT NULL DEFAULT 'pwd';
+    ALTER TABLE sessions ADD COLUMN idp TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 _SESSION_COLS = (
     "s.id, s.user_id, s.created_at, s.last_used_at, s.expires_at, s.absolute_expires_at, "
-    "s.remember_me, s.user_agent, s.ip, s.revoked_at, s.revoked_reason"
+    "s.remember_me, s.user_agent, s.ip, s.revoked_at, s.revoked_reason, s.amr, s.idp"
 )
+_N_SESSION = _SESSION_COLS.count(",") + 1
 _USER_COLS = "u.id, u.email, u.email_key, u.password_hash, u.disabled, u.created_at"
+_N_USER = _USER_COLS.count(",") + 1
 _ROTATE_LOOKUP = (
     f"SELECT t.rotated_at, t.successor_hash, {_SESSION_COLS}, {_USER_COLS},"
     " (SELECT c.rotated_at IS NULL FROM refresh_tokens c WHERE c.token_hash = t.successor_hash)"
@@ -85,7 +92,7 @@ def _session(row: Iterable[Any]) -> SessionRecord:
     r = list(row)
     return SessionRecord(
         id=r[0], user_id=r[1], created_at=r[2], last_used_at=r[3], expires_at=r[4], absolute_expires_at=r[5],
-        remember_me=bool(r[6]), user_agent=r[7], ip=r[8], revoked_at=r[9], revoked_reason=r[10],
+        remember_me=bool(r[6]), user_agent=r[7], ip=r[8], revoked_at=r[9], revoked_reason=r[10], amr=tuple(r[11].split()), idp=r[12],
     )  # fmt: skip
 
 
@@ -206,9 +213,9 @@ class SqliteStore:
         def op(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at, absolute_expires_at,"
-                " remember_me, user_agent, ip) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " remember_me, user_agent, ip, amr, idp) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (s.id, s.user_id, s.created_at, s.last_used_at, s.expires_at, s.absolute_expires_at,
-                 int(s.remember_me), s.user_agent, s.ip),
+                 int(s.remember_me), s.user_agent, s.ip, " ".join(s.amr), s.idp),
             )  # fmt: skip
             db.execute(
                 "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES (?, ?, ?)",
@@ -233,7 +240,11 @@ class SqliteStore:
             if row is None:
                 return RotateOutcome(kind="invalid", reason="unknown")
             rotated_at, stored_successor = row[0], row[1]
-            session, user, child_is_current = _session(row[2:13]), _user(row[13:19]), bool(row[19])
+            session, user, child_is_current = (
+                _session(row[2 : 2 + _N_SESSION]),
+                _user(row[2 + _N_SESSION : 2 + _N_SESSION + _N_USER]),
+                bool(row[2 + _N_SESSION + _N_USER]),
+            )
             if admit is not None and (wait := admit(session.id)):
                 return RotateOutcome(kind="limited", session=session, user=user, reason="rate_limited", retry_after=wait)
             if session.revoked_at is not None:
