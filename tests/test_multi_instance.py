@@ -197,6 +197,27 @@ async def test_multi_instance_sqlite_two_processes_on_one_file(tmp_path: Path, u
         await _rotate_replay_logout(a, b)
 
 
+async def test_restarted_gateway_on_the_same_sqlite_file_refuses_a_token_logged_out_before(
+    tmp_path: Path, upstream_port: int
+) -> None:
+    db = tmp_path / "restart.db"
+    async with aiohttp.ClientSession() as http:
+        with _instances(tmp_path, f"sqlite:///{db}", upstream_port, count=1) as (a,):
+            _add_user(tmp_path / "gateway-0.toml", "multi@example.com")
+            gone = await _login(http, a, "multi@example.com")
+            kept = await _login(http, a, "multi@example.com")
+            async with http.post(f"{a}/auth/logout", headers={"Authorization": f"Bearer {gone['access_token']}"}) as r:
+                assert r.status == 204
+            assert await _whoami(http, a, gone["access_token"]) == 401
+        # The first process is gone (SIGTERM, waited for); a new one starts on the same file.
+        with _instances(tmp_path, f"sqlite:///{db}", upstream_port, count=1) as (b,):
+            # The first request after start-up: the revocation must be known before the first poll.
+            async with http.get(f"{b}/api/whoami", headers={"Authorization": f"Bearer {gone['access_token']}"}) as r:
+                assert r.status == 401
+                assert "revoked" in (await r.json())["error_description"]
+            assert await _whoami(http, b, kept["access_token"]) == 200
+
+
 def _children(pid: int) -> set[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
     return {int(p) for p in out.stdout.split()}
