@@ -78,10 +78,9 @@ def pg_database() -> Any:
     A missing server fails the run unless GATEWAY_ALLOW_MISSING names postgres.
     """
     import asyncio
-    import os
     import uuid
 
-    asyncpg = pytest.importorskip("asyncpg")
+    import asyncpg  # in the test extra: its absence is an install error, not a missing service
     name = f"gateway_test_{uuid.uuid4().hex[:12]}"
 
     async def admin(sql: str) -> None:

@@ -13,6 +13,7 @@ import select
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from contextlib import closing
@@ -509,6 +510,16 @@ def _post_json(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             return exc.code, json.loads(exc.read())
 
 
+def _get_json(url: str, access: str) -> tuple[int, Any]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {access}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
 def test_sessions_revoke_cli_kills_session_of_running_gateway(tmp_path: Path, db: Path) -> None:
     port = free_port()
     path = write_toml(tmp_path / "live.toml", _config_text(tmp_path, port=port))
@@ -522,8 +533,18 @@ def test_sessions_revoke_cli_kills_session_of_running_gateway(tmp_path: Path, db
         listed = gw(path, "sessions", "list", "max@example.com")
         (line,) = listed.stdout.splitlines()
         sid = line.split("\t")[0]
+        access = body["access_token"]
+        assert _get_json(f"{base}/sessions", access)[0] == 200
         result = gw(path, "sessions", "revoke", "--session", sid)
         assert result.returncode == 0, result.stderr
         assert revoked_at(db, sid) is not None
-        status, body = _post_json(f"{base}/refresh-token", {"refresh_token": body["refresh_token"]})
-        assert (status, body["error"]) == (403, "invalid_refresh_token")
+        # The running gateway learns of the CLI's revocation from the store's log within a second.
+        deadline = time.monotonic() + 1.5
+        while (answer := _get_json(f"{base}/sessions", access))[0] != 401 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status, error = answer
+        assert status == 401, f"the running gateway still accepts the revoked session's access token: {status}"
+        assert error["error"] == "invalid_token"
+        assert "revoked" in error["error_description"]
+        status, error = _post_json(f"{base}/refresh-token", {"refresh_token": body["refresh_token"]})
+        assert (status, error["error"]) == (403, "invalid_refresh_token")

@@ -956,6 +956,55 @@ async def test_origin_trusted_origin_passes(make_gateway: MakeGateway, make_conf
     assert (await gw.post("/api/echo", headers={**cookie(token), "Origin": "https://admin.example.com"})).status == 200
 
 
+@pytest.mark.parametrize("suffix", [".evil.example", "0", "@evil.example", "evil"])
+async def test_origin_lookalike_extending_own_origin_is_403(gateway: Client, token: str, suffix: str) -> None:
+    # Origins are compared whole: the gateway's own origin as a mere prefix proves nothing.
+    for header in ("Origin", "Referer"):
+        value = own_origin(gateway) + suffix + ("/page" if header == "Referer" else "")
+        resp = await gateway.post("/api/echo", headers={**cookie(token), header: value})
+        assert resp.status == 403, (header, value)
+        assert (await resp.json())["error"] == "csrf_failed"
+
+
+@pytest.mark.parametrize("origin", ["https://admin.example.com.evil.net", "https://admin.example.comx", "https://admin.example.co"])
+async def test_origin_lookalike_of_trusted_origin_is_403(
+    make_gateway: MakeGateway, make_config: MakeConfig, token: str, origin: str
+) -> None:
+    gw = await make_gateway(make_config(csrf={"trusted_origins": ["https://admin.example.com"]}))
+    resp = await gw.post("/api/echo", headers={**cookie(token), "Origin": origin})
+    assert resp.status == 403
+    assert (await resp.json())["error"] == "csrf_failed"
+
+
+@pytest.mark.parametrize("trusted", [[], ["10.0.0.0/8"]], ids=["no-trusted-proxies", "peer-not-trusted"])
+async def test_origin_forged_forwarded_host_from_untrusted_peer_is_403(
+    make_gateway: MakeGateway, make_config: MakeConfig, token: str, trusted: list[str]
+) -> None:
+    # An attacker's page cannot make its own origin "ours" by forging the forwarded headers.
+    gw = await make_gateway(make_config(server={"host": "127.0.0.1", "port": 0, "trusted_proxies": trusted}))
+    for origin, forged in (
+        ("http://evil.example", {"X-Forwarded-Host": "evil.example"}),
+        ("http://evil.example", {"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "http"}),
+        ("https://evil.example", {"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"}),
+        ("https://127.0.0.1:" + str(gw.server.port), {"X-Forwarded-Proto": "https"}),
+    ):
+        resp = await gw.post("/api/echo", headers={**cookie(token), "Origin": origin, **forged})
+        assert resp.status == 403, (origin, forged)
+        assert (await resp.json())["error"] == "csrf_failed"
+    assert (await gw.post("/api/echo", headers={**cookie(token), "Origin": own_origin(gw)})).status == 200
+
+
+async def test_origin_forwarded_host_from_trusted_proxy_is_believed(
+    make_gateway: MakeGateway, make_config: MakeConfig, token: str
+) -> None:
+    gw = await make_gateway(make_config(server={"host": "127.0.0.1", "port": 0, "trusted_proxies": ["127.0.0.1/32"]}))
+    behind = {"X-Forwarded-Host": "app.example.com", "X-Forwarded-Proto": "https"}
+    passed = await gw.post("/api/echo", headers={**cookie(token), "Origin": "https://app.example.com", **behind})
+    assert passed.status == 200
+    refused = await gw.post("/api/echo", headers={**cookie(token), "Origin": own_origin(gw), **behind})
+    assert refused.status == 403
+
+
 async def test_origin_cookie_post_on_optional_route_is_checked(gateway: Client, token: str) -> None:
     assert (await gateway.post("/opt/x", headers=cookie(token))).status == 403
     assert (await gateway.post("/opt/x")).status == 200

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import json
 import signal
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -68,12 +73,42 @@ upstream = "http://127.0.0.1:{upstream}"
 """
 
 
+@contextmanager
+def _serving(config: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`gateway serve` with its log (JSON lines on stderr) in a file the test reads."""
+    with log.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config)], stderr=sink)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/healthz", timeout=20, proc=proc)
+            yield proc
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+async def _log_lines(log: Path, start: str, *, count: int, within: float = 10) -> list[dict[str, Any]]:
+    """The JSON log records whose message starts with `start`, once there are `count` of them (bounded wait)."""
+    deadline = time.monotonic() + within
+    while True:
+        found = []
+        for line in log.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and str(record.get("message", "")).startswith(start):
+                    found.append(record)
+        if len(found) >= count or time.monotonic() > deadline:
+            assert len(found) == count, found
+            return found
+        await asyncio.sleep(0.05)
+
+
 async def test_sighup_reloads_routes_and_keys_keeping_open_websockets(tmp_path: Path, upstream_port: int) -> None:
     port = free_port()
     cfg = tmp_path / "gw.toml"
     cfg.write_text(_toml(tmp_path, port, upstream_port, secret=OLD_SECRET))
     base = f"http://127.0.0.1:{port}"
-    with gateway_process(cfg, port) as proc:
+    log = tmp_path / "gateway.log"
+    with _serving(cfg, port, log) as proc:
         async with aiohttp.ClientSession() as http:
             old_token = mint(secret=OLD_SECRET)
             ws = await http.ws_connect(f"{base}/api/ws", headers={"Authorization": f"Bearer {old_token}"})
@@ -102,11 +137,18 @@ async def test_sighup_reloads_routes_and_keys_keeping_open_websockets(tmp_path: 
             assert msg.data == "still here"
             await ws.close()
             # A broken config is refused and the gateway keeps serving the last good one.
+            assert await _log_lines(log, "reloaded ", count=1)
             cfg.write_text("[server]\nport = 'not a number'\n")
             proc.send_signal(signal.SIGHUP)
-            await asyncio.sleep(0.5)
+            (refusal,) = await _log_lines(log, "reload refused", count=1)
+            assert refusal["level"] == "ERROR"
+            assert "server.port" in refusal["message"] and "still running the old config" in refusal["message"]
+            # Still the reloaded config (its new route and keys), not the broken one and not the first one.
             async with http.get(f"{base}/public/hello") as r:
                 assert r.status == 200
+            async with http.get(f"{base}/api/whoami", headers={"Authorization": f"Bearer {mint(secret=SECRET)}"}) as r:
+                assert r.status == 200
+            assert await _log_lines(log, "reloaded ", count=1)  # no second successful reload was logged
         assert proc.poll() is None
 
 

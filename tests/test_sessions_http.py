@@ -6,10 +6,12 @@ Time moves only through the injected FakeClock; the one real wait is for the bac
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import sqlite3
 import time
+from datetime import timedelta
 from typing import Any
 
 import jwt
@@ -804,6 +806,37 @@ async def test_limits_login_counted_per_address(make_gateway: MakeGateway, make_
     assert await attempt(EMAIL, "203.0.113.6", PASSWORD) == 200
 
 
+@pytest.mark.parametrize(
+    ("trusted", "chain"),
+    [
+        (["127.0.0.1/32"], "{spoof}, 203.0.113.5"),
+        (["127.0.0.1/32", "10.0.0.0/8"], "{spoof}, 203.0.113.5, 10.1.2.3"),
+    ],
+    ids=["one-appending-proxy", "two-trusted-hops"],
+)
+async def test_limits_login_rotating_spoofed_first_hop_behind_appending_proxy_still_limited(
+    make_gateway: MakeGateway, make_config: MakeConfig, trusted: list[str], chain: str
+) -> None:
+    # An appending proxy keeps whatever X-Forwarded-For the client sent and adds the real address
+    # after it: the client controls the left of the chain, never the hop the proxies wrote.
+    client = await gateway_with_user(
+        make_gateway, make_config, limits={"login": "3/minute"}, server={"trusted_proxies": trusted}
+    )
+
+    async def attempt(i: int, password: str = "wrong password!") -> int:
+        forwarded = chain.format(spoof=f"198.51.100.{i}")
+        resp = await client.post("/auth/login", json={"email": f"user{i}@example.com", "password": password},
+                                 headers={"X-Forwarded-For": forwarded})  # fmt: skip
+        return resp.status
+
+    assert [await attempt(i) for i in range(1, 4)] == [401, 401, 401]
+    await add_user(client, "user9@example.com", PASSWORD)
+    assert await attempt(9, PASSWORD) == 429
+    other = await client.post("/auth/login", json={"email": "user9@example.com", "password": PASSWORD},
+                              headers={"X-Forwarded-For": "203.0.113.6"})  # fmt: skip
+    assert other.status == 200
+
+
 async def test_limits_refresh_per_session_429(make_gateway: MakeGateway, make_config: MakeConfig) -> None:
     client = await gateway_with_user(make_gateway, make_config, limits={"refresh": "2/minute"})
     tokens = await body_login(client)
@@ -871,6 +904,24 @@ async def test_revocation_by_other_process_picked_up_by_poll(make_gateway: MakeG
     assert await _await_revoked(client, tokens["access_token"]) == 401
     await assert_revoked(client, tokens["access_token"])
     assert (await whoami(client, other["access_token"])).status == 200
+
+
+async def test_revocation_before_restart_still_refused_by_the_next_gateway(
+    make_gateway: MakeGateway, make_config: MakeConfig
+) -> None:
+    cfg = make_config()
+    first = await make_gateway(cfg)
+    await add_user(first)
+    revoked = await body_login(first)
+    kept = await body_login(first)
+    assert (await first.post("/auth/logout", headers=bearer(revoked["access_token"]))).status == 204
+    await first.close()  # stops the server and closes its store: nothing of it lives on in memory
+    # The next gateway on the same file polls only once an hour, so only its start-up replay of the
+    # revocation log can know that the session was revoked.
+    slow_poll = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, revocation_poll=timedelta(hours=1)))
+    second = await make_gateway(slow_poll)
+    await assert_revoked(second, revoked["access_token"])
+    assert (await whoami(second, kept["access_token"])).status == 200
 
 
 async def test_revocation_logout_closes_proxied_websocket(make_gateway: MakeGateway, make_config: MakeConfig) -> None:

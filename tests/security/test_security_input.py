@@ -88,11 +88,40 @@ async def test_overlong_url_is_rejected(gateway: Client) -> None:
     assert 400 <= _status(answer) < 500
 
 
-async def test_login_huge_json_is_4xx_json(gateway: Client) -> None:
+async def test_login_huge_json_is_413_json(gateway: Client) -> None:
     body = json.dumps({"email": "a@example.com", "password": "x" * 200_000}).encode()
     resp = await gateway.post("/auth/login", data=body, headers={"Content-Type": "application/json"})
-    assert resp.status in (400, 413)
-    assert (await resp.json())["error"] in ("invalid_request", "payload_too_large")
+    assert resp.status == 413
+    assert (await resp.json())["error"] == "payload_too_large"
+
+
+def _login_body(size: int) -> bytes:
+    """A well-formed login JSON body of exactly `size` bytes (wrong credentials), padded with JSON whitespace."""
+    head, tail = b'{"email": "a@example.com", "password": "wrong password!"', b"}"
+    return head + b" " * (size - len(head) - len(tail)) + tail
+
+
+async def test_login_body_cap_is_16_kib_exactly(gateway: Client) -> None:
+    # At the cap the body is read and judged (wrong password: 401); one byte more is 413 unread.
+    for path in ("/auth/login", "/auth/refresh-token", "/auth/logout"):
+        at_cap = await gateway.post(path, data=_login_body(16 * 1024), headers={"Content-Type": "application/json"})
+        assert at_cap.status != 413, path
+        over = await gateway.post(path, data=_login_body(16 * 1024 + 1), headers={"Content-Type": "application/json"})
+        assert over.status == 413, path
+        assert (await over.json())["error"] == "payload_too_large"
+    at_cap = await gateway.post("/auth/login", data=_login_body(16 * 1024), headers={"Content-Type": "application/json"})
+    assert (at_cap.status, (await at_cap.json())["error"]) == (401, "invalid_credentials")
+
+
+async def test_login_body_cap_holds_without_content_length(gateway: Client) -> None:
+    async def chunked(size: int) -> Any:
+        body = _login_body(size)
+        for i in range(0, len(body), 1000):
+            yield body[i : i + 1000]
+
+    for size, status in ((16 * 1024, 401), (16 * 1024 + 1, 413)):
+        resp = await gateway.post("/auth/login", data=chunked(size), headers={"Content-Type": "application/json"})
+        assert resp.status == status, size
 
 
 async def test_login_deeply_nested_json_is_400(gateway: Client) -> None:
