@@ -36,6 +36,7 @@ __all__ = [
     "masked",
     "parse_config",
     "parse_duration",
+    "parse_size",
 ]
 
 AuthMode = Literal["required", "optional", "public"]

@@ -111,10 +111,10 @@ class Forwarder:
         plan = self._plans[route.prefix]
         url = self.upstream_url(route, target)
         headers = self.request_headers(request, route, principal)
-        data = _client_body(request, plan.timeout.sock_read) if request.body_exists else None
         session = request.app[CLIENT]
         started = time.perf_counter()
         try:
+            data = await self._body(request, plan.timeout.sock_read) if request.body_exists else None
             upstream = await session.request(
                 request.method, url, headers=headers, data=data, allow_redirects=False, timeout=plan.timeout,
             )  # fmt: skip
@@ -134,6 +134,23 @@ class Forwarder:
             return await self._relay(request, upstream)
         finally:
             upstream.release()
+
+    async def _body(self, request: web.Request, gap: float | None) -> bytes | AsyncIterator[bytes]:
+        """A chunked body up to server.buffer_request_body whole (sent with Content-Length, since many
+        WSGI servers cannot read chunked input); any other body as a stream. Holds at most the limit
+        plus one read."""
+        body = _client_body(request, gap)
+        limit = self.cfg.server.buffer_request_body
+        if request.content_length is not None or limit <= 0:
+            return body
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in body:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return _chained(chunks, body)
+        return b"".join(chunks)
 
     async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         headers = self.response_headers(upstream)
@@ -219,6 +236,14 @@ async def _client_body(request: web.Request, gap: float | None) -> AsyncIterator
             raise _ClientBodyTimeout from exc
         if not chunk:
             return
+        yield chunk
+
+
+async def _chained(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The chunks already read, then the rest of the body as it arrives."""
+    while first:
+        yield first.pop(0)
+    async for chunk in rest:
         yield chunk
 
 
