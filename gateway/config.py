@@ -36,6 +36,7 @@ __all__ = [
     "masked",
     "parse_config",
     "parse_duration",
+    "parse_size",
 ]
 
 AuthMode = Literal["required", "optional", "public"]
@@ -84,6 +85,10 @@ class ServerConfig:
     max_connections: int = 10_000
     header_timeout: timedelta = timedelta(seconds=10)
     revocation_poll: timedelta = timedelta(milliseconds=250)
+    # Issue 10, header policy: client headers with `_` or `.` in their name ("drop" as nginx, or "pass").
+    underscore_headers: str = "drop"
+    # Chunked request bodies up to this many bytes are buffered and sent with Content-Length.
+    buffer_request_body: int = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,6 +206,23 @@ def parse_duration(value: object) -> timedelta:
         if match:
             return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
     raise ValueError(f"must be a duration like \"90s\", \"15m\", \"12h\", \"30d\" or integer seconds, not {value!r}")
+
+
+_SIZE = re.compile(r"(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?")
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2, "GB": 1000**3, "GiB": 1024**3}
+
+
+def parse_size(value: object) -> int:
+    """`"1MiB"`, `"512KiB"`, `"2MB"`, `"100B"` or integer bytes >= 0; raises ValueError otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("must be >= 0")
+        return value
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value.strip())
+        if match:
+            return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    raise ValueError(f"must be a size like \"1MiB\", \"512KiB\", \"2MB\" or integer bytes, not {value!r}")
 
 
 def _parse_rate(value: object) -> Rate:
@@ -426,6 +448,8 @@ def _server(t: _Table, base: Path) -> ServerConfig:
         max_connections=t.get("max_connections", d.max_connections, _positive_int),
         header_timeout=t.get("header_timeout", d.header_timeout, parse_duration),
         revocation_poll=d.revocation_poll,
+        underscore_headers=t.get("underscore_headers", d.underscore_headers, _choice("drop", "pass")),
+        buffer_request_body=t.get("buffer_request_body", d.buffer_request_body, parse_size),
     )
     if cfg.header_timeout <= timedelta(0):
         t.problems.append("server.header_timeout: must be greater than 0")

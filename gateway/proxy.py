@@ -20,6 +20,7 @@ from yarl import URL
 from gateway.auth import peer_trusted
 from gateway.config import Config, RouteConfig
 from gateway.errors import RequestTimeout, UpstreamError, UpstreamTimeout
+from gateway.headers import HOP_BY_HOP, HeaderPolicy, Identity, RequestFacts
 from gateway.keys import CLIENT, REQUEST_ID, UPSTREAM_SECONDS, WEBSOCKETS
 from gateway.log import proxy_log
 from gateway.paths import RouteTable, Target
@@ -27,10 +28,6 @@ from gateway.tokens import Principal
 
 __all__ = ["HOP_BY_HOP", "WS_CLOSE_REVOKED", "Forwarder", "close_websockets"]
 
-HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-     "te", "trailer", "trailers", "transfer-encoding", "upgrade"}
-)  # fmt: skip
 _SMALL_BODY = 64 * 1024
 # Close codes that are legal to send in a close frame (RFC 6455 7.4); others are reported as 1011.
 _SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
@@ -54,11 +51,7 @@ class Forwarder:
     def __init__(self, cfg: Config, *, observe: Callable[[str, float], None] = lambda route, seconds: None) -> None:
         self.cfg = cfg
         self._observe = observe
-        ih = cfg.identity_headers
-        self._identity = (ih.user_id, ih.email, ih.session_id)
-        self._strip = HOP_BY_HOP | {
-            h.lower() for h in self._identity
-        } | {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "expect", "cookie"}
+        self._headers = HeaderPolicy(cfg)
         self._gateway_cookies = {cfg.cookies.access_name, cfg.cookies.refresh_name}
         self._plans: dict[str, _RoutePlan] = {}
         for route in cfg.routes:
@@ -81,53 +74,21 @@ class Forwarder:
         return URL(raw, encoded=True)
 
     def request_headers(self, request: web.Request, route: RouteConfig, principal: Principal | None) -> CIMultiDict[str]:
-        """Client headers minus hop-by-hop (also those named in Connection) and ours, then ours added."""
-        named = {
-            token.strip().lower() for value in request.headers.getall("Connection", ()) for token in value.split(",")
-        }
-        strip = self._strip | named if named else self._strip
-        out: CIMultiDict[str] = CIMultiDict()
-        forward_auth = route.forward_authorization
-        for name, value in request.headers.items():
-            low = name.lower()
-            if low in strip or (low == "authorization" and not forward_auth):
-                continue
-            out.add(name, value)
-        cookie = self._filter_cookies(request.headers.getall("Cookie", ()))
-        if cookie:
-            out["Cookie"] = cookie
-        trusted = peer_trusted(request, self.cfg)
-        peer = request.remote or ""
-        if trusted and "X-Forwarded-For" in request.headers:
-            out["X-Forwarded-For"] = ", ".join(request.headers.getall("X-Forwarded-For")) + ", " + peer
-        else:
-            out["X-Forwarded-For"] = peer
-        proto = "https" if request.secure else "http"
-        host = request.headers.get("Host", "")
-        if trusted:
-            proto = request.headers.get("X-Forwarded-Proto", proto)
-            host = request.headers.get("X-Forwarded-Host", host)
-        out["X-Forwarded-Proto"] = proto
-        if host:
-            out["X-Forwarded-Host"] = host
-        out["X-Request-Id"] = request[REQUEST_ID]
-        if route.preserve_host and "Host" in request.headers:
-            out["Host"] = request.headers["Host"]
-        if principal is not None:
-            out[self._identity[0]] = principal.sub
-            out[self._identity[1]] = principal.email
-            out[self._identity[2]] = principal.sid
-        return out
-
-    def _filter_cookies(self, values: list[str] | tuple[str, ...]) -> str:
-        """The Cookie header without the gateway's own cookies; other cookies pass byte for byte."""
-        kept: list[str] = []
-        for value in values:
-            for pair in value.split(";"):
-                name = pair.split("=", 1)[0].strip()
-                if pair.strip() and name not in self._gateway_cookies:
-                    kept.append(pair.strip())
-        return "; ".join(kept)
+        """The upstream's request headers, by the config's HeaderPolicy (gateway/headers.py)."""
+        facts = RequestFacts(
+            peer=request.remote or "",
+            trusted=peer_trusted(request, self.cfg),
+            secure=request.secure,
+            host=request.headers.get("Host", ""),
+            request_id=request[REQUEST_ID],
+        )
+        identity = None if principal is None else Identity(principal.sub, principal.email, principal.sid)
+        return CIMultiDict(
+            self._headers.upstream_headers(
+                request.headers.items(), facts, identity,
+                forward_authorization=route.forward_authorization, preserve_host=route.preserve_host,
+            )
+        )  # fmt: skip
 
     def response_headers(self, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
         """Upstream headers minus hop-by-hop and minus any Set-Cookie naming a gateway cookie."""
@@ -150,10 +111,10 @@ class Forwarder:
         plan = self._plans[route.prefix]
         url = self.upstream_url(route, target)
         headers = self.request_headers(request, route, principal)
-        data = _client_body(request, plan.timeout.sock_read) if request.body_exists else None
         session = request.app[CLIENT]
         started = time.perf_counter()
         try:
+            data = await self._body(request, plan.timeout.sock_read) if request.body_exists else None
             upstream = await session.request(
                 request.method, url, headers=headers, data=data, allow_redirects=False, timeout=plan.timeout,
             )  # fmt: skip
@@ -173,6 +134,23 @@ class Forwarder:
             return await self._relay(request, upstream)
         finally:
             upstream.release()
+
+    async def _body(self, request: web.Request, gap: float | None) -> bytes | AsyncIterator[bytes]:
+        """A chunked body up to server.buffer_request_body whole (sent with Content-Length, since many
+        WSGI servers cannot read chunked input); any other body as a stream. Holds at most the limit
+        plus one read."""
+        body = _client_body(request, gap)
+        limit = self.cfg.server.buffer_request_body
+        if request.content_length is not None or limit <= 0:
+            return body
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in body:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return _chained(chunks, body)
+        return b"".join(chunks)
 
     async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         headers = self.response_headers(upstream)
@@ -258,6 +236,14 @@ async def _client_body(request: web.Request, gap: float | None) -> AsyncIterator
             raise _ClientBodyTimeout from exc
         if not chunk:
             return
+        yield chunk
+
+
+async def _chained(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The chunks already read, then the rest of the body as it arrives."""
+    while first:
+        yield first.pop(0)
+    async for chunk in rest:
         yield chunk
 
 

@@ -380,7 +380,9 @@ async def test_request_chunked_framing_is_replaced_by_the_gateways_own(gateway: 
     data = resp.json()
     assert data["body_length"] == 5
     assert data["body_sha256"] == hashlib.sha256(b"hello").hexdigest()
-    assert data["headers"]["Transfer-Encoding"] == "chunked"
+    # Under server.buffer_request_body: buffered and framed by Content-Length (tests/test_request_buffering.py).
+    assert data["headers"]["Content-Length"] == "5"
+    assert "Transfer-Encoding" not in data["headers"]
 
 
 SPOOFED = {"X-User-Id": "admin", "X-User-Email": "admin@example.com", "X-Session-Id": "s-admin"}
