@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--config", default=argparse.SUPPRESS, help="TOML file (default: $GATEWAY_CONFIG, then ./config.toml)")
     top = _Parser(prog="gateway", description="Authentication gateway: a reverse proxy that owns login and sessions.")
     top.add_argument("--config", default=None, help="TOML file (default: $GATEWAY_CONFIG, then ./config.toml)")
+    top.add_argument("--version", action="version", version=f"gateway {_version()}")
     sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("serve", parents=[common], help="run the gateway")
     sub.add_parser("check-config", parents=[common], help="validate and print the effective config, secrets masked")
@@ -58,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--user", metavar="EMAIL")
     which.add_argument("--session", metavar="ID")
     return top
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("authgateway")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from gateway import __version__
+
+        return __version__
 
 
 def _config_path(args: argparse.Namespace) -> str:
@@ -224,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     path = _config_path(args)
     try:
-        cfg = load_config(path)
+        # Only serve and check-config need the signing keys; the admin commands never sign a token.
+        cfg = load_config(path, signing=args.command in ("serve", "check-config"))
         if args.command == "check-config":
             from gateway.tokens import KeyRing
 
@@ -235,7 +248,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(cfg, path)
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
         logging.getLogger("gateway.audit").setLevel(logging.WARNING)
-        return asyncio.run(_admin(cfg, args))
+        code = asyncio.run(_admin(cfg, args))
+        sys.stdout.flush()  # here, so that a reader that went away is an EPIPE caught below, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`gateway users list | head -1`): nothing is left to tell it, and no
+        # one to tell about it. Python would complain again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"{exc.source or path}: {problem}", file=sys.stderr)

@@ -6,6 +6,7 @@ or log anything (a Config holds secrets).
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -427,8 +428,18 @@ def _store_url(base: Path, raw: object) -> tuple[str, Path | None]:
         # sqlite:////abs/path is absolute; sqlite:///rel.db is relative to the config file.
         return raw, (base / rest).resolve()
     if raw.startswith(("postgresql://", "postgres://")):
+        if not _installed("asyncpg"):
+            # Found here, not when the store opens: every command reports it as one config line.
+            raise ValueError("PostgreSQL needs the asyncpg driver, which is not installed: pip install 'authgateway[postgres]'")
         return raw, None
     raise ValueError("must start with sqlite:/// or postgresql://")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _server(t: _Table, base: Path) -> ServerConfig:
@@ -572,10 +583,27 @@ def _routes(raw: object, problems: list[str], base: Path) -> tuple[RouteConfig, 
     return tuple(routes)
 
 
-def parse_config(data: dict[str, Any], *, base: Path, source: str = "", env: dict[str, str] | None = None) -> Config:
-    """Validates a parsed TOML document; raises one ConfigError listing every problem."""
+# Issue 10: the keys only signing needs; commands that never sign (`users list`, ...) skip their checks.
+_SIGNING_KEYS = ("tokens.secret", "tokens.previous_secrets", "tokens.refresh_secret", "tokens.private_key_file",
+                 "tokens.previous_public_key_files")  # fmt: skip
+
+
+def _causes_only(problems: list[str], env_problems: int, *, signing: bool) -> list[str]:
+    """Drops problems derived from an unset variable (its key already names the cause), and with
+    `signing=False` every problem of the signing keys."""
+    unset = {p.partition(":")[0] for p in problems[:env_problems]}
+    kept = problems[:env_problems] + [p for p in problems[env_problems:] if p.partition(":")[0] not in unset]
+    return kept if signing else [p for p in kept if not p.startswith(_SIGNING_KEYS)]
+
+
+def parse_config(
+    data: dict[str, Any], *, base: Path, source: str = "", env: dict[str, str] | None = None, signing: bool = True
+) -> Config:
+    """Validates a parsed TOML document; raises one ConfigError listing every problem. `signing=False`
+    is for commands that never sign a token: the signing keys may then be absent."""
     problems: list[str] = []
     data = _substitute_env(data, "", problems, dict(os.environ) if env is None else env)  # type: ignore[assignment]
+    env_problems = len(problems)
     root = _Table("", data, problems)
     server = _server(_Table("server", root.get("server", None, lambda r: r), problems), base)
     store_t = _Table("store", root.get("store", None, lambda r: r), problems)
@@ -618,6 +646,7 @@ def parse_config(data: dict[str, Any], *, base: Path, source: str = "", env: dic
     for i, route in enumerate(routes):
         if route.prefix == server.auth_prefix or route.prefix.startswith(server.auth_prefix + "/"):
             problems.append(f"routes[{i}].prefix: {route.prefix!r} lies under server.auth_prefix and would never be reached")
+    problems = _causes_only(problems, env_problems, signing=signing)
     if problems:
         raise ConfigError(problems, source=source)
     return Config(
@@ -634,7 +663,7 @@ def parse_config(data: dict[str, Any], *, base: Path, source: str = "", env: dic
     )
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
+def load_config(path: str | os.PathLike[str], *, signing: bool = True) -> Config:
     """Reads and validates a TOML file; every failure is a ConfigError naming the file."""
     p = Path(path)
     try:
@@ -645,7 +674,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError([f"not valid TOML: {exc}"], source=str(p)) from None
-    return parse_config(data, base=p.resolve().parent, source=str(p))
+    return parse_config(data, base=p.resolve().parent, source=str(p), signing=signing)
 
 
 _SECRET_FIELDS = {"secret", "previous_secrets", "refresh_secret"}
