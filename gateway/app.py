@@ -35,6 +35,7 @@ from gateway.keys import (
     ROUTE_LABEL,
     SESSIONS,
     STORE,
+    UPSTREAM_POOL,
     WEBSOCKETS,
 )
 from gateway.log import store_log
@@ -48,6 +49,7 @@ from gateway.serving import request_finished, request_started
 from gateway.sessions import SessionService
 from gateway.store import open_store
 from gateway.tokens import KeyRing
+from gateway.upstream_pool import UpstreamPool
 
 __all__ = ["KEEPALIVE_TIMEOUT", "create_app", "reload_app"]
 
@@ -274,9 +276,12 @@ async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
         connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=None)
     )
     app[CLIENT] = session
+    # Plain HTTP forwarding has its own keep-alive pool; the session above serves WebSockets.
+    pool = app[UPSTREAM_POOL] = UpstreamPool(idle_timeout=30)
     try:
         yield
     finally:
+        await pool.close()
         await session.close()
 
 
