@@ -222,6 +222,7 @@ class _Connection(asyncio.Protocol):
         self.exchange: UpstreamResponse | None = None
         self._read_paused = False
         self._write_paused = False
+        self._client_wait = False
         self._drain: asyncio.Future[None] | None = None
         # The route timeout as one lazy timer per connection: reads only stamp `_last`, and the timer,
         # when it fires, either expires the exchange or re-arms for the gap that is left.
@@ -339,7 +340,7 @@ class _Connection(asyncio.Protocol):
         if ex is None or timeout is None or self.closed:
             return
         now = self.loop.time()
-        if self._read_paused:
+        if self._read_paused or self._client_wait:
             self._last = now  # held back by the client, not by the upstream
         if now - self._last >= timeout:
             ex._finish(_FAILED, UpstreamStalled("the upstream did not answer in time"))
@@ -350,8 +351,17 @@ class _Connection(asyncio.Protocol):
 
     async def send_body(self, ex: UpstreamResponse, body: AsyncIterable[bytes], chunked: bool) -> None:
         """Writes a streamed request body; its failure (or the client's) fails the exchange."""
+        chunks = body.__aiter__()
         try:
-            async for chunk in body:
+            while True:
+                # Waiting for the client is the client's gap (its own timeout), not the upstream's.
+                self._client_wait = True
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                finally:
+                    self._client_wait = False
                 if not chunk:
                     continue
                 if self.closed or self.transport is None:
