@@ -106,7 +106,9 @@ def gateway_for(make_gateway: MakeGateway, make_config: MakeConfig) -> Callable[
     return make
 
 
-async def get(gw: object, path: str = "/r", method: str = "GET", **kwargs: object) -> tuple[int, bytes, aiohttp.ClientResponse]:
+async def get(
+    gw: object, path: str = "/r", method: str = "GET", **kwargs: object
+) -> tuple[int, bytes, aiohttp.ClientResponse]:
     resp = await gw.request(method, path, **kwargs)  # type: ignore[attr-defined]
     body = await asyncio.wait_for(resp.read(), timeout=10)
     return resp.status, body, resp
