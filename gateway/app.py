@@ -234,12 +234,23 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
         finally:
             request_finished(request.protocol)
 
-    app.router.add_route("*", "/{tail:.*}", handle)
+    _skip_router(app, app.router.add_route("*", "/{tail:.*}", handle))
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_client_ctx)
     app.cleanup_ctx.append(_revocation_ctx)
     app.on_shutdown.append(_close_all_websockets)
     return app
+
+
+def _skip_router(app: web.Application, route: web.AbstractRoute) -> None:
+    """Every request goes to the one catch-all handler, which dispatches on its own table; aiohttp's
+    router would still walk its resource index and run the route's regex per request to find it."""
+    empty: dict[str, str] = {}
+
+    async def resolve(request: web.Request) -> web.UrlMappingMatchInfo:
+        return web.UrlMappingMatchInfo(empty, route)
+
+    app.router.resolve = resolve  # type: ignore[method-assign]
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
