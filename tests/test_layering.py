@@ -22,6 +22,7 @@ PURE = [
     "gateway.metrics",
     "gateway.sessions",
     "gateway.workers",
+    "gateway.upstream_pool",
 ]
 
 
