@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import ssl
 from collections.abc import Callable
@@ -188,6 +189,10 @@ def serve(
         try:
             site = _GuardedSite(runner, guard, host=host, port=port, ssl_context=ssl_context, reuse_port=reuse_port or None)
             await site.start()
+            # Everything built so far (modules, config, app, store) lives as long as the process: out of
+            # the collector's sight, a full collection no longer walks it. Measured under wrk: full
+            # collections 175 ms over 8 s with pauses up to 88 ms before, 16 ms with pauses <= 9 ms after.
+            gc.freeze()
             on_listening()
             await asyncio.Event().wait()
         finally:
