@@ -23,6 +23,7 @@ PURE = [
     "gateway.sessions",
     "gateway.workers",
     "gateway.upstream_pool",
+    "gateway.upstream_wire",
 ]
 
 
