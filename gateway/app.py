@@ -35,6 +35,7 @@ from gateway.keys import (
     ROUTE_LABEL,
     SESSIONS,
     STORE,
+    UPSTREAM_POOL,
     WEBSOCKETS,
 )
 from gateway.log import store_log
@@ -48,6 +49,7 @@ from gateway.serving import request_finished, request_started
 from gateway.sessions import SessionService
 from gateway.store import open_store
 from gateway.tokens import KeyRing
+from gateway.upstream_pool import UpstreamPool
 
 __all__ = ["KEEPALIVE_TIMEOUT", "create_app", "reload_app"]
 
@@ -232,12 +234,23 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
         finally:
             request_finished(request.protocol)
 
-    app.router.add_route("*", "/{tail:.*}", handle)
+    _skip_router(app, app.router.add_route("*", "/{tail:.*}", handle))
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_client_ctx)
     app.cleanup_ctx.append(_revocation_ctx)
     app.on_shutdown.append(_close_all_websockets)
     return app
+
+
+def _skip_router(app: web.Application, route: web.AbstractRoute) -> None:
+    """Every request goes to the one catch-all handler, which dispatches on its own table; aiohttp's
+    router would still walk its resource index and run the route's regex per request to find it."""
+    empty: dict[str, str] = {}
+
+    async def resolve(request: web.Request) -> web.UrlMappingMatchInfo:
+        return web.UrlMappingMatchInfo(empty, route)
+
+    app.router.resolve = resolve  # type: ignore[method-assign]
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -274,9 +287,12 @@ async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
         connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=None)
     )
     app[CLIENT] = session
+    # Plain HTTP forwarding has its own keep-alive pool; the session above serves WebSockets.
+    pool = app[UPSTREAM_POOL] = UpstreamPool(idle_timeout=30)
     try:
         yield
     finally:
+        await pool.close()
         await session.close()
 
 

@@ -111,10 +111,34 @@ def extract_token(request: web.BaseRequest, cfg: Config) -> tuple[str | None, bo
             if not token:
                 raise TokenInvalid("the Bearer token is empty")
             return token, False
-    cookie = request.cookies.get(cfg.cookies.access_name)
+    cookie = _access_cookie(request, cfg.cookies.access_name)
     if cookie:
         return cookie, True
     return None, False
+
+
+# Cookie header -> the access cookie in it. A browser sends the same Cookie header on every request
+# until its token rotates, and aiohttp's parse (Morsels for every cookie) costs more than the cached
+# token check; the value is a pure function of the header, so caching it changes no answer.
+_COOKIE_CACHE: dict[tuple[str, str], str | None] = {}
+_COOKIE_CACHE_SIZE = 1024
+_COOKIE_CACHE_MAX_HEADER = 4096  # bounds the cache at a few MB whatever clients send
+_MISSING = object()
+
+
+def _access_cookie(request: web.BaseRequest, name: str) -> str | None:
+    header = request.headers.get("Cookie")
+    if header is None:
+        return None
+    key = (header, name)
+    found = _COOKIE_CACHE.get(key, _MISSING)
+    if found is _MISSING:
+        found = request.cookies.get(name)
+        if len(header) <= _COOKIE_CACHE_MAX_HEADER:
+            if len(_COOKIE_CACHE) >= _COOKIE_CACHE_SIZE:
+                _COOKIE_CACHE.clear()
+            _COOKIE_CACHE[key] = found
+    return found  # type: ignore[return-value]
 
 
 def authenticate(request: web.Request, *, required: bool, csrf: bool = True) -> Principal | None:

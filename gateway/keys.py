@@ -15,6 +15,7 @@ from gateway.revocations import RevokedSessions
 from gateway.sessions import SessionService
 from gateway.store import Store
 from gateway.tokens import KeyRing, Principal
+from gateway.upstream_pool import UpstreamPool
 
 __all__ = [
     "CLIENT",
@@ -31,6 +32,7 @@ __all__ = [
     "SESSIONS",
     "STORE",
     "WEBSOCKETS",
+    "UPSTREAM_POOL",
 ]
 
 CONFIG = web.AppKey("config", Config)
@@ -46,6 +48,8 @@ LIVE_ROUTES = web.AppKey("live_routes", object)
 REVOKED = web.AppKey("revoked", RevokedSessions)
 # Open proxied WebSockets by session id, so a revocation can close them at once.
 WEBSOCKETS = web.AppKey("websockets", dict[str, set[web.WebSocketResponse]])
+# Keep-alive connections for plain HTTP forwarding (WebSockets use CLIENT).
+UPSTREAM_POOL = web.AppKey("upstream_pool", UpstreamPool)
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -21,10 +21,11 @@ from gateway.auth import peer_trusted
 from gateway.config import Config, RouteConfig
 from gateway.errors import RequestTimeout, UpstreamError, UpstreamTimeout
 from gateway.headers import HOP_BY_HOP, HeaderPolicy, Identity, RequestFacts
-from gateway.keys import CLIENT, REQUEST_ID, UPSTREAM_SECONDS, WEBSOCKETS
+from gateway.keys import CLIENT, REQUEST_ID, UPSTREAM_POOL, UPSTREAM_SECONDS, WEBSOCKETS
 from gateway.log import proxy_log
 from gateway.paths import RouteTable, Target
 from gateway.tokens import Principal
+from gateway.upstream_pool import UpstreamBroken, UpstreamResponse, UpstreamStalled
 
 __all__ = ["HOP_BY_HOP", "WS_CLOSE_REVOKED", "Forwarder", "close_websockets"]
 
@@ -42,6 +43,7 @@ class _RoutePlan:
     origin: str
     base_path: str
     timeout: aiohttp.ClientTimeout
+    seconds: float
     ws_timeout: aiohttp.ClientWSTimeout
 
 
@@ -62,16 +64,19 @@ class Forwarder:
                 origin=str(url.origin()),
                 base_path=url.raw_path.rstrip("/"),
                 timeout=aiohttp.ClientTimeout(total=None, connect=t, sock_connect=t, sock_read=t),
+                seconds=t,
                 ws_timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=t),
             )
 
     def upstream_url(self, route: RouteConfig, target: Target) -> URL:
         """The exact URL sent upstream: origin, base path, the authorised path re-encoded, the raw query."""
-        plan = self._plans[route.prefix]
-        path = plan.base_path + RouteTable.upstream_path(route, target.encoded)
-        raw = plan.origin + path + ("?" + target.query if target.query else "")
         # encoded=True: yarl and aiohttp must send these bytes as they are, not re-normalise them.
-        return URL(raw, encoded=True)
+        return URL(self._plans[route.prefix].origin + self.upstream_target(route, target), encoded=True)
+
+    def upstream_target(self, route: RouteConfig, target: Target) -> str:
+        """The request target sent upstream: base path, the authorised path re-encoded, the raw query."""
+        path = self._plans[route.prefix].base_path + RouteTable.upstream_path(route, target.encoded)
+        return path + "?" + target.query if target.query else path
 
     def request_headers(self, request: web.Request, route: RouteConfig, principal: Principal | None) -> CIMultiDict[str]:
         """The upstream's request headers, by the config's HeaderPolicy (gateway/headers.py)."""
@@ -109,23 +114,21 @@ class Forwarder:
         if request.headers.get("Upgrade", "").lower() == "websocket" and request.method == "GET":
             return await self._websocket(request, route, target, principal)
         plan = self._plans[route.prefix]
-        url = self.upstream_url(route, target)
+        upstream_target = self.upstream_target(route, target)
         headers = self.request_headers(request, route, principal)
-        session = request.app[CLIENT]
+        pool = request.app[UPSTREAM_POOL]
         started = time.perf_counter()
         try:
-            data = await self._body(request, plan.timeout.sock_read) if request.body_exists else None
-            upstream = await session.request(
-                request.method, url, headers=headers, data=data, allow_redirects=False, timeout=plan.timeout,
-            )  # fmt: skip
+            data = await self._body(request, plan.seconds) if request.body_exists else None
+            upstream = await pool.request(
+                plan.origin, request.method, upstream_target, headers, data, timeout=plan.seconds
+            )
         except _ClientBodyTimeout as exc:
             raise RequestTimeout("the request body stalled") from exc
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except UpstreamStalled as exc:
             raise UpstreamTimeout("the upstream did not answer in time") from exc
-        except aiohttp.ClientError as exc:
-            if isinstance(exc.__cause__, _ClientBodyTimeout):
-                raise RequestTimeout("the request body stalled") from exc
-            proxy_log.warning("upstream error route=%s error=%s", route.prefix, type(exc).__name__)
+        except UpstreamBroken as exc:
+            proxy_log.warning("upstream error route=%s error=%s", route.prefix, exc)
             raise UpstreamError("the upstream could not be reached") from exc
         elapsed = time.perf_counter() - started
         request[UPSTREAM_SECONDS] = elapsed
@@ -152,16 +155,17 @@ class Forwarder:
                 return _chained(chunks, body)
         return b"".join(chunks)
 
-    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    async def _relay(self, request: web.Request, upstream: UpstreamResponse) -> web.StreamResponse:
         headers = self.response_headers(upstream)
         headers["X-Request-Id"] = request[REQUEST_ID]
         length = upstream.content_length
         if length is not None and length <= _SMALL_BODY and request.method != "HEAD":
             try:
                 body = await upstream.read()
-            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            except UpstreamStalled as exc:
                 raise UpstreamTimeout("the upstream stalled while sending its answer") from exc
-            except aiohttp.ClientError as exc:
+            except UpstreamBroken as exc:
+                proxy_log.warning("upstream answer refused request_id=%s error=%s", request[REQUEST_ID], exc)
                 raise UpstreamError("the upstream broke off its answer") from exc
             headers.pop("Content-Length", None)
             # Where the upstream sent no Content-Type, aiohttp adds application/octet-stream to a
@@ -170,9 +174,9 @@ class Forwarder:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         await response.prepare(request)
         try:
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.chunks():
                 await response.write(chunk)
-        except (TimeoutError, aiohttp.ClientError, ConnectionResetError) as exc:
+        except (UpstreamBroken, aiohttp.ClientError, ConnectionResetError) as exc:
             # Headers are already out: the only honest signal left is to cut the connection, so a
             # truncated body is never mistaken for a complete one.
             proxy_log.warning("upstream body broke off request_id=%s error=%s", request[REQUEST_ID], type(exc).__name__)

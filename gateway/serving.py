@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import ssl
 from collections.abc import Callable
@@ -84,7 +85,12 @@ class _GuardedHandler(web.RequestHandler):
     def __init__(self, manager: web.Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._gw_guard = guard
-        self._gw_deadline: asyncio.TimerHandle | None = None
+        self._gw_loop = asyncio.get_running_loop()
+        # One lazy timer: a request only moves `_gw_due`; the timer, when it fires, expires the
+        # connection or re-arms for the deadline now due, so keep-alive traffic arms ~none per request.
+        self._gw_due: float | None = None
+        self._gw_timer: asyncio.TimerHandle | None = None
+        self._gw_timer_at = 0.0
         self._gw_first = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -93,24 +99,42 @@ class _GuardedHandler(web.RequestHandler):
         self.start_deadline()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self.cancel_deadline()
+        self._gw_due = None
+        if self._gw_timer is not None:
+            self._gw_timer.cancel()
+            self._gw_timer = None
         self._gw_guard.open -= 1
         super().connection_lost(exc)
 
     def start_deadline(self) -> None:
-        """Arms the deadline for the next request's headers (the first one gets no idle allowance)."""
-        self.cancel_deadline()
+        """Sets the deadline for the next request's headers (the first one gets no idle allowance)."""
         delay = self._gw_guard.header_timeout + (0 if self._gw_first else self._gw_guard.idle_allowance)
         self._gw_first = False
-        self._gw_deadline = asyncio.get_running_loop().call_later(delay, self._gw_expire)
+        due = self._gw_due = self._gw_loop.time() + delay
+        if self._gw_timer is None or self._gw_timer_at > due:
+            self._gw_arm(due)
 
     def cancel_deadline(self) -> None:
-        if self._gw_deadline is not None:
-            self._gw_deadline.cancel()
-            self._gw_deadline = None
+        self._gw_due = None  # the timer may stay armed: when it fires it finds no deadline
+
+    def _gw_arm(self, when: float) -> None:
+        if self._gw_timer is not None:
+            self._gw_timer.cancel()
+        self._gw_timer_at = when
+        self._gw_timer = self._gw_loop.call_at(when, self._gw_check)
+
+    def _gw_check(self) -> None:
+        self._gw_timer = None
+        due = self._gw_due
+        if due is None:
+            return
+        if self._gw_loop.time() < due:
+            self._gw_arm(due)
+            return
+        self._gw_expire()
 
     def _gw_expire(self) -> None:
-        self._gw_deadline = None
+        self._gw_due = None
         transport: Any = self.transport  # asyncio's or uvloop's (uvloop's are not WriteTransport subclasses)
         if transport is not None and not transport.is_closing():
             transport.write(_TOO_SLOW)
@@ -165,6 +189,10 @@ def serve(
         try:
             site = _GuardedSite(runner, guard, host=host, port=port, ssl_context=ssl_context, reuse_port=reuse_port or None)
             await site.start()
+            # Everything built so far (modules, config, app, store) lives as long as the process: out of
+            # the collector's sight, a full collection no longer walks it. Measured under wrk: full
+            # collections 175 ms over 8 s with pauses up to 88 ms before, 16 ms with pauses <= 9 ms after.
+            gc.freeze()
             on_listening()
             await asyncio.Event().wait()
         finally:

@@ -23,6 +23,8 @@ PURE = [
     "gateway.sessions",
     "gateway.workers",
     "gateway.headers",
+    "gateway.upstream_pool",
+    "gateway.upstream_wire",
 ]
 
 
