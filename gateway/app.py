@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import ipaddress
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import cast
@@ -113,37 +114,46 @@ async def _jwks(request: web.Request) -> web.StreamResponse:
 
 
 class _LiveRoutes:
-    """The route table and forwarder that requests use; replaced as a pair on reload."""
+    """The live config with the route table and forwarder built from it, replaced together on reload."""
 
     def __init__(self, config: Config, metrics: Metrics) -> None:
         self._metrics = metrics
         self.set(config)
 
     def set(self, config: Config) -> None:
-        """Builds both from `config`; in-flight requests keep the pair they started with."""
+        """Builds the table and forwarder from `config`; in-flight requests keep the pair they started with."""
+        self.config = config
         self.table, self.forwarder = RouteTable(config.routes), Forwarder(config, observe=self._metrics.observe_upstream)
 
 
+# Server keys read per request, so a reload applies them; the others are bound when the server starts.
+_LIVE_SERVER_KEYS = ("public_origin", "trusted_proxies", "underscore_headers", "buffer_request_body",
+                     "metrics_networks", "tls_cert", "tls_key")  # fmt: skip
+
+
 def reload_app(app: web.Application, new: Config) -> list[str]:
-    """Applies a re-read config to a running app: routes, limits and token keys change in place,
-    established connections stay. Returns the changed keys that need a restart to take effect."""
+    """Applies a re-read config to a running app, whole: every part (authentication, CSRF, cookies,
+    the forwarder and its identity headers, routes, limits, token keys and lifetimes) reads the new
+    one from the next request on; established connections stay. Returns the changed keys that are
+    bound at startup and so need a restart."""
     old = app[CONFIG]
     keyring = KeyRing(new.tokens)  # raises ConfigError before anything changes
+    # One synchronous step, so no request sees part of the old config and part of the new.
     cast(_LiveRoutes, app[LIVE_ROUTES]).set(new)
+    with warnings.catch_warnings():
+        # aiohttp discourages changing a started app's state (handlers could see it half changed);
+        # this is a single assignment made together with the route table and forwarder.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        app[CONFIG] = new
     app[KEYRING].adopt(keyring)
+    app[SESSIONS].cfg = new.tokens
     app[SESSIONS].set_limits(new.limits)
-    restart = [
-        name
-        for name in ("server", "store", "cookies", "csrf", "identity_headers", "log")
-        if getattr(old, name) != getattr(new, name) and not (name == "server" and _only_tls_changed(old, new))
-    ]
-    if any(getattr(old.tokens, k) != getattr(new.tokens, k) for k in ("issuer", "audience", "access_ttl", "leeway")):
-        restart.append("tokens (issuer, audience, lifetimes)")
+    restart = [name for name in ("store", "log") if getattr(old, name) != getattr(new, name)]
+    bound = [f.name for f in dataclasses.fields(old.server) if f.name not in _LIVE_SERVER_KEYS]
+    restart += [f"server.{k}" for k in bound if getattr(old.server, k) != getattr(new.server, k)]
+    if any(getattr(old.tokens, k) != getattr(new.tokens, k) for k in ("access_ttl", "leeway")):
+        restart.append("tokens.access_ttl/leeway (the revocation window)")
     return restart
-
-
-def _only_tls_changed(old: Config, new: Config) -> bool:
-    return dataclasses.replace(old.server, tls_cert=new.server.tls_cert, tls_key=new.server.tls_key) == new.server
 
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyring: KeyRing | None = None) -> web.Application:

@@ -183,7 +183,7 @@ def _reload(app: Any, config_path: str, context: ssl.SSLContext | None) -> None:
     except (OSError, ssl.SSLError) as exc:
         log.error("reload: cannot load the TLS certificate, still serving the old one: %s", exc)
         return
-    log.warning("reloaded %s: routes, limits and keys%s", config_path, f"; restart to apply {', '.join(restart)}" if restart else "")
+    log.warning("reloaded %s: the whole config%s", config_path, f"; restart to apply {', '.join(restart)}" if restart else "")
 
 
 def _iso(ts: float) -> str:

@@ -21,7 +21,8 @@ MakeGateway = Callable[..., Awaitable[TestClient[Any, Any]]]
 @pytest.fixture
 async def upstream(aiohttp_server: Any) -> TestServer:
     """The bundled demo upstream, a separate aiohttp server on its own port."""
-    server: TestServer = await aiohttp_server(create_upstream())
+    # Echoing unknown paths: the proxy tests probe what arrives for arbitrary (and odd) paths.
+    server: TestServer = await aiohttp_server(create_upstream(echo_unknown_paths=True))
     return server
 
 

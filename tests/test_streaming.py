@@ -74,7 +74,7 @@ async def _upload(session: aiohttp.ClientSession, url: str, size: int) -> dict[s
         for _ in range(size // CHUNK):
             yield block
 
-    async with session.post(f"{url}/public/echo", data=body()) as resp:
+    async with session.post(f"{url}/api/echo", data=body()) as resp:
         assert resp.status == 200
         result: dict[str, object] = await resp.json()
         return result

@@ -64,8 +64,9 @@ async def test_echo_odd_raw_path_is_reported_verbatim(client: TestClient[Any, An
         b"PATCH /base/a%2Fb//c%25d?x=%2F HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
         b"Connection: close\r\n\r\nabc",
     )
-    assert head.startswith(b"HTTP/1.1 200 ")
-    data = json.loads(body)
+    # An unknown path: 404 JSON, which still describes the raw request as received.
+    assert head.startswith(b"HTTP/1.1 404 ")
+    data = json.loads(body)["request"]
     assert data["method"] == "PATCH"
     assert data["path"] == "/base/a%2Fb//c%25d"
     assert data["query"] == "x=%2F"
@@ -87,10 +88,15 @@ async def test_echo_repeated_header_values_are_joined_under_first_name(
     assert headers["content-type"] == "text/plain"
 
 
-async def test_echo_other_path_without_query_reports_empty_query(client: TestClient[Any, Any]) -> None:
+async def test_unknown_path_is_404_json_as_a_real_api(client: TestClient[Any, Any]) -> None:
     resp = await client.get("/other")
-    data = await resp.json()
+    assert resp.status == 404
+    answer = await resp.json()
+    assert (answer["error"], answer["error_description"]) == ("not_found", "no such path")
+    data = answer["request"]
     assert (data["path"], data["query"], data["body_length"]) == ("/other", "", 0)
+    assert (await client.post("/api/nope", data=b"x")).status == 404
+    assert (await client.get("/api/whoami")).status == 200
 
 
 async def test_root_serves_the_demo_page(client: TestClient[Any, Any]) -> None:

@@ -189,6 +189,14 @@ async def redirect(request: web.Request) -> web.Response:
     return web.Response(status=302, headers={"Location": "/api/whoami"})
 
 
+async def not_found(request: web.Request) -> web.Response:
+    """Any other path: 404 JSON as a real API answers, the request described for debugging proxies."""
+    return web.json_response(
+        {"error": "not_found", "error_description": "no such path", "request": await describe_request(request)},
+        status=404,
+    )
+
+
 _PAGE = Path(__file__).with_name("static") / "index.html"
 
 
@@ -197,8 +205,9 @@ async def demo_page(request: web.Request) -> web.Response:
     return web.Response(body=_PAGE.read_bytes(), content_type="text/html", headers={"Cache-Control": "no-cache"})
 
 
-def create_app() -> web.Application:
-    """Build the demo upstream application."""
+def create_app(*, echo_unknown_paths: bool = False) -> web.Application:
+    """Build the demo upstream application. Unknown paths answer 404 JSON, as a real API does;
+    `echo_unknown_paths` echoes them instead, for tests that probe what a proxy sends for any path."""
     app = web.Application()
     app.router.add_get("/api/whoami", echo)
     app.router.add_route("*", "/api/echo", echo)
@@ -211,6 +220,6 @@ def create_app() -> web.Application:
     app.router.add_get("/public/hello", public_hello)
     app.router.add_get("/", demo_page)
     # Registered last: the router matches a decoded path, so odd raw paths (%2F, //) must still
-    # land somewhere that echoes the raw form. Also covers /api/*, /public/*, /base/* and "/".
-    app.router.add_route("*", "/{tail:.*}", echo)
+    # land somewhere that describes the raw form (the 404 body carries the same description).
+    app.router.add_route("*", "/{tail:.*}", echo if echo_unknown_paths else not_found)
     return app

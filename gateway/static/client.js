@@ -9,6 +9,7 @@
 //   await auth.login(email, password, { rememberMe: true });
 //   const res = await auth.fetch('/api/whoami');           // Bearer added; on 401: one refresh, one retry
 //   auth.addEventListener('logged-out', (e) => showLogin(e.detail.reason));
+//   const ws = auth.websocket('wss://app.example.com/api/ws'); // a close with 1008 (revoked) logs out
 
 const LOCK_NAME = 'authgateway-refresh';
 const CHANNEL_NAME = 'authgateway';
@@ -181,8 +182,21 @@ export function createAuthClient({ prefix = '/auth', fetchImpl } = {}) {
     return true;
   }
 
+  // The gateway closes a proxied WebSocket with 1008 when its session is revoked (an admin, logout
+  // everywhere, a replayed refresh token): that session is over, so this client is logged out too.
+  const WS_CLOSE_REVOKED = 1008;
+
+  function websocket(url, protocols) {
+    const ws = new WebSocket(url, protocols);
+    ws.addEventListener('close', (e) => {
+      if (e.code === WS_CLOSE_REVOKED && accessToken !== null) loggedOut('revoked');
+    });
+    return ws;
+  }
+
   return {
     fetch: authFetch,
+    websocket,
     login,
     logout,
     logoutAll,
