@@ -1,4 +1,4 @@
-"""Unit tests of who the gateway believes: `peer_trusted`, `client_ip` and `own_origin` over forwarded headers.
+"""Unit tests of who the gateway believes: `peer_trusted`, `client_ip`, `own_origin` (and `check_origin` on it).
 
 The functions are imported by their public names from one place below, so a move of the header policy to
 another module only needs that import re-pointed. Requests are aiohttp's own request objects with a chosen
@@ -14,8 +14,9 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from gateway.auth import client_ip, own_origin, peer_trusted
+from gateway.auth import check_origin, client_ip, own_origin, peer_trusted
 from gateway.config import Config
+from gateway.errors import CsrfFailed
 from tests.support import build_config
 
 PROXY = "10.0.0.5"  # a trusted proxy in the configs below
@@ -187,3 +188,30 @@ def test_own_origin_public_origin_wins_over_everything(tmp_path: Path) -> None:
     cfg = config(tmp_path, trusted=["10.0.0.0/24"], public_origin="https://app.example.com")
     assert own_origin(request(PROXY, FORGED), cfg) == "https://app.example.com"
     assert own_origin(request(CLIENT, FORGED), cfg) == "https://app.example.com"
+
+
+def test_own_origin_without_host_header_is_scheme_only(tmp_path: Path) -> None:
+    # HTTP/1.0 allows a request without Host: the origin is then empty, never a crash.
+    bare = make_mocked_request("POST", "/", headers=CIMultiDict()).clone(remote=CLIENT)
+    assert own_origin(bare, config(tmp_path)) == "http://"
+    trusted = make_mocked_request("POST", "/", headers=CIMultiDict([("X-Forwarded-Host", "app.example.com")]))
+    behind = config(tmp_path, trusted=["10.0.0.0/24"])
+    assert own_origin(trusted.clone(remote=PROXY), behind) == "http://app.example.com"
+
+
+# -- check_origin (uses own_origin) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("referer", ["http:/x", "http:x", "/page", "//", "http://"])
+def test_check_origin_referer_without_scheme_and_host_is_no_origin(tmp_path: Path, referer: str) -> None:
+    # With no Host header our own origin is "http://": a Referer lacking a host must not equal it.
+    bare = make_mocked_request("POST", "/", headers=CIMultiDict([("Referer", referer)])).clone(remote=CLIENT)
+    with pytest.raises(CsrfFailed, match="needs an Origin or Referer"):
+        check_origin(bare, config(tmp_path))
+
+
+def test_check_origin_referer_with_scheme_and_host_is_compared(tmp_path: Path) -> None:
+    ok = request(CLIENT, [("Referer", "http://gw.internal:8080/page?q=1")])
+    check_origin(ok, config(tmp_path))
+    with pytest.raises(CsrfFailed, match="does not trust"):
+        check_origin(request(CLIENT, [("Referer", "http://evil.example/gw.internal:8080")]), config(tmp_path))

@@ -1,0 +1,230 @@
+"""Mutation run over the security-critical modules, each against its fast tests only (issue 16).
+
+    bench/mutation                  # every module in MODULES, then bench/MUTATION.md is rewritten
+    bench/mutation limits tokens    # only these (their rows are replaced, the others kept)
+    bench/mutation --list           # the modules and their tests
+    bench/mutation --jobs 1         # mutant workers (default 2: the machine has 2 cores)
+
+A yardstick, not a CI gate. Each module is run by mutmut 3 in a scratch copy of the working tree
+(`bench/out/mutation/<name>/`), so the worktree is never mutated. Results (score per module, every
+survivor with its diff) go between the markers in bench/MUTATION.md; the text outside the markers,
+where survivors are explained, is kept.
+
+To add a module, add one `Module` to MODULES: its file, optionally the functions that count (mutmut
+mutant-name globs), and the fast test selection (pytest arguments) it is judged by.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out" / "mutation"
+REPORT = ROOT / "bench" / "MUTATION.md"
+BEGIN, END = "<!-- mutation results: begin (written by bench/mutation) -->", "<!-- mutation results: end -->"
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str
+    source: str  # path of the mutated file
+    tests: tuple[str, ...]  # pytest arguments selecting the fast tests it is judged by
+    functions: tuple[str, ...] = ()  # mutant-name globs; empty = every function of the file
+    note: str = ""
+
+
+MODULES: tuple[Module, ...] = (
+    Module(
+        "auth", "gateway/auth.py",
+        ("tests/test_forwarding_trust.py", "tests/test_proxy.py",
+         "-k", "test_forwarding_trust or origin or auth_ or forwarded or websocket_cookie"),
+    ),
+    Module("sessions", "gateway/sessions.py", ("tests/test_session_rules.py",)),
+    Module("tokens", "gateway/tokens.py", ("tests/test_tokens.py",)),
+    Module("limits", "gateway/limits.py", ("tests/test_limits.py",)),
+    Module(
+        "proxy-headers", "gateway/proxy.py",
+        ("tests/test_proxy.py", "-k",
+         "header or cookie or forwarded or identity or hop or request_id or host or authorization or connection"),
+        functions=("*ǁForwarderǁ__init____mutmut_*", "*ǁForwarderǁrequest_headers__mutmut_*",
+                   "*ǁForwarderǁ_filter_cookies__mutmut_*", "*ǁForwarderǁresponse_headers__mutmut_*"),
+        note="the header policy only: Forwarder.__init__ (the strip set), request_headers, _filter_cookies, "
+        "response_headers",
+    ),
+    Module("paths", "gateway/paths.py", ("tests/test_paths.py",)),
+)  # fmt: skip
+
+_COPY_IGNORE = shutil.ignore_patterns(
+    ".venv", "mutants", "out", "__pycache__", "*.pyc", ".git", "node_modules", "*.db*"
+)
+
+
+def _workdir(module: Module) -> Path:
+    """A fresh copy of what the tests need, with a [tool.mutmut] section for this module."""
+    work = OUT / module.name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    for name in ("gateway", "upstream_demo", "tests"):
+        shutil.copytree(ROOT / name, work / name, ignore=_COPY_IGNORE)
+    cfg = {
+        "source_paths": ["gateway/"],
+        "only_mutate": [module.source],
+        "also_copy": ["upstream_demo/"],
+        "pytest_add_cli_args_test_selection": list(module.tests),
+        # The tests' own gateway processes would run unmutated code; fast tests are in-process.
+        "use_git_change_detection": False,
+    }
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    pyproject += "\n[tool.mutmut]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in cfg.items())
+    (work / "pyproject.toml").write_text(pyproject)
+    return work
+
+
+def _mutmut(work: Path, *args: str, log: Path | None = None) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("mutmut")
+    if log is None:
+        return subprocess.run([str(exe), *args], cwd=work, capture_output=True, text=True)
+    with log.open("w") as sink:
+        return subprocess.run([str(exe), *args], cwd=work, stdout=sink, stderr=subprocess.STDOUT, text=True)
+
+
+def _status(code: int | None) -> str:
+    from mutmut.stats import status_by_exit_code
+
+    return str(status_by_exit_code[code])
+
+
+def run_module(module: Module, jobs: int) -> dict[str, object]:
+    work = _workdir(module)
+    started = time.monotonic()
+    proc = _mutmut(work, "run", "--max-children", str(jobs), *module.functions, log=work / "mutmut.log")
+    seconds = time.monotonic() - started
+    meta = work / "mutants" / (module.source + ".meta")
+    if not meta.exists():
+        log = work / "mutmut.log"
+        raise SystemExit(f"bench/mutation: {module.name}: mutmut gave no results (exit {proc.returncode}); see {log}")
+    codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+    if module.functions:
+        codes = {k: v for k, v in codes.items() if any(fnmatch.fnmatchcase(k, g) for g in module.functions)}
+    counts: dict[str, int] = {}
+    for code in codes.values():
+        counts[_status(code)] = counts.get(_status(code), 0) + 1
+    undetected = ("survived", "no tests", "suspicious", "not checked")
+    survivors = sorted((k for k, v in codes.items() if _status(v) in undetected), key=_natural)
+    diffs = {name: _diff(work, name) for name in survivors}
+    detected = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("caught by type check", 0)
+    total = len(codes)
+    return {
+        "name": module.name, "source": module.source, "tests": " ".join(module.tests), "note": module.note,
+        "total": total, "killed": counts.get("killed", 0), "timeout": counts.get("timeout", 0),
+        "survived": counts.get("survived", 0), "no_tests": counts.get("no tests", 0),
+        "other": total - detected - counts.get("survived", 0) - counts.get("no tests", 0),
+        "score": round(100.0 * detected / total, 1) if total else 0.0, "seconds": round(seconds),
+        "survivors": diffs, "exit": proc.returncode,
+    }  # fmt: skip
+
+
+def _natural(name: str) -> tuple[str, int]:
+    head, _, number = name.rpartition("_")
+    return head, int(number) if number.isdigit() else 0
+
+
+def _diff(work: Path, name: str) -> str:
+    """The changed lines of one mutant, from `mutmut show`."""
+    out = _mutmut(work, "show", name).stdout
+    lines = [ln for ln in out.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+    return "\n".join(lines)
+
+
+def _render(results: list[dict[str, object]]) -> str:
+    rows = [
+        "| module | file | fast tests | mutants | killed | timeout | survived | no tests | other | score | time |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        rows.append(
+            f"| {r['name']} | `{r['source']}` | `{r['tests']}` | {r['total']} | {r['killed']} | {r['timeout']} | "
+            f"{r['survived']} | {r['no_tests']} | {r['other']} | **{r['score']} %** | {r['seconds']} s |"
+        )
+    parts = [BEGIN, "", *rows, ""]
+    for r in results:
+        if r["note"]:
+            parts.append(f"- {r['name']}: {r['note']}.")
+    parts.append("")
+    for r in results:
+        survivors = r["survivors"]
+        assert isinstance(survivors, dict)
+        parts.append(f"### Survivors: {r['name']} ({len(survivors)})")
+        parts.append("")
+        if not survivors:
+            parts.append("None.")
+        for name, diff in survivors.items():
+            parts.append(f"- `{name}`")
+            parts.append("  ```diff")
+            parts.extend("  " + line for line in diff.splitlines())
+            parts.append("  ```")
+        parts.append("")
+    parts.append(END)
+    return "\n".join(parts)
+
+
+def _merge(new: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Earlier results of modules not run now are kept (bench/out/mutation/results.json)."""
+    store = OUT / "results.json"
+    old = json.loads(store.read_text()) if store.exists() else []
+    by_name = {r["name"]: r for r in old}
+    by_name.update({r["name"]: r for r in new})
+    order = [m.name for m in MODULES]
+    merged = sorted(by_name.values(), key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+    store.write_text(json.dumps(merged, indent=1, ensure_ascii=False))
+    return merged
+
+
+def _write_report(results: list[dict[str, object]]) -> None:
+    block = _render(results)
+    text = REPORT.read_text() if REPORT.exists() else "# Mutation results\n\n" + BEGIN + "\n" + END + "\n"
+    if BEGIN in text and END in text:
+        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        text += "\n" + block + "\n"
+    REPORT.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/mutation", description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", help="module names (default: all)")
+    parser.add_argument("--jobs", type=int, default=2, help="mutant worker processes (default 2)")
+    parser.add_argument("--list", action="store_true", help="print the modules and their fast tests")
+    args = parser.parse_args(argv)
+    known = {m.name: m for m in MODULES}
+    if args.list:
+        for m in MODULES:
+            print(f"{m.name:15} {m.source:22} {' '.join(m.tests)}")
+        return 0
+    unknown = [n for n in args.modules if n not in known]
+    if unknown:
+        parser.error(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    chosen = [known[n] for n in args.modules] if args.modules else list(MODULES)
+    OUT.mkdir(parents=True, exist_ok=True)
+    results = []
+    for module in chosen:
+        print(f"bench/mutation: {module.name} ({module.source}) ...", file=sys.stderr, flush=True)
+        result = run_module(module, args.jobs)
+        print(f"bench/mutation: {module.name}: {result['score']} % of {result['total']} in {result['seconds']} s",
+              file=sys.stderr, flush=True)  # fmt: skip
+        results.append(result)
+        _write_report(_merge([result]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

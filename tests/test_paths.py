@@ -1,0 +1,115 @@
+"""Path normalization and the route table on their own (the proxy tests attack them over HTTP)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import RouteConfig
+from gateway.errors import BadRequest
+from gateway.paths import RouteTable, Target, normalize_target, under_prefix
+from tests.support import build_config
+
+
+@pytest.mark.parametrize(
+    ("raw", "path", "encoded", "query"),
+    [
+        ("/", "/", "/", ""),
+        ("/api/x?a=1&b=%20", "/api/x", "/api/x", "a=1&b=%20"),
+        ("/api/x?", "/api/x", "/api/x", ""),
+        ("/api/x?a?b", "/api/x", "/api/x", "a?b"),
+        ("/public/../api/x", "/api/x", "/api/x", ""),
+        ("/public/%2e%2e/api", "/api", "/api", ""),
+        ("/public/..%2fapi", "/api", "/api", ""),
+        ("/public%2F..%2Fapi", "/api", "/api", ""),
+        ("//api///x", "/api/x", "/api/x", ""),
+        ("/public\\..\\api", "/api", "/api", ""),
+        ("/a/./b/.", "/a/b/", "/a/b/", ""),
+        ("/a/b/..", "/a/", "/a/", ""),
+        ("/a/b/", "/a/b/", "/a/b/", ""),
+        ("/../../x", "/x", "/x", ""),
+        ("/..", "/", "/", ""),
+        ("/.", "/", "/", ""),
+        ("/a/.b/..c", "/a/.b/..c", "/a/.b/..c", ""),
+        ("/caf%C3%A9", "/café", "/caf%C3%A9", ""),
+        ("/a;b", "/a;b", "/a%3Bb", ""),
+        ("/a%3Bb", "/a;b", "/a%3Bb", ""),
+        ("/a b", "/a b", "/a%20b", ""),
+        ("/a%25b", "/a%b", "/a%25b", ""),
+        ("/a%3Fb", "/a?b", "/a%3Fb", ""),
+        ("/a%23b", "/a#b", "/a%23b", ""),
+        ("/%ff", "/\udcff", "/%FF", ""),
+        ("/keep/!$&'()*+,=:@-._~", "/keep/!$&'()*+,=:@-._~", "/keep/!$&'()*+,=:@-._~", ""),
+        ("http://evil.example/api/x?q=1", "/api/x", "/api/x", "q=1"),
+        ("https://evil.example", "/", "/", ""),
+    ],
+)
+def test_normalize_target(raw: str, path: str, encoded: str, query: str) -> None:
+    assert normalize_target(raw) == Target(path=path, encoded=encoded, query=query)
+
+
+@pytest.mark.parametrize("raw", ["api/x", "*", "", "ftp://x/y", "/a%00b", "/a\x00b", "/a%zz", "/a%2", "/a%", "/%g0"])
+def test_normalize_target_refuses(raw: str) -> None:
+    with pytest.raises(BadRequest):
+        normalize_target(raw)
+
+
+def test_normalize_target_decodes_once_only() -> None:
+    # %252e%252e is "%2e%2e" after one decoding: a literal segment, not a dot segment.
+    t = normalize_target("/public/%252e%252e/api")
+    assert (t.path, t.encoded) == ("/public/%2e%2e/api", "/public/%252e%252e/api")
+
+
+@pytest.mark.parametrize(
+    ("path", "prefix", "hit"),
+    [
+        ("/api", "/api", True), ("/api/", "/api", True), ("/api/x", "/api", True), ("/apix", "/api", False),
+        ("/ap", "/api", False), ("/x", "/", True), ("/", "/", True), ("/", "/api", False),
+        ("/api/v1/x", "/api/v1", True), ("/api/v10", "/api/v1", False),
+    ],
+)  # fmt: skip
+def test_under_prefix_matches_whole_segments(path: str, prefix: str, hit: bool) -> None:
+    assert under_prefix(path, prefix) is hit
+
+
+def _routes(tmp_path: Path, *routes: dict[str, object]) -> tuple[RouteConfig, ...]:
+    return build_config(tmp_path, "http://127.0.0.1:1", routes=list(routes)).routes
+
+
+def test_route_table_longest_prefix_wins_in_any_order(tmp_path: Path) -> None:
+    routes = _routes(
+        tmp_path,
+        {"prefix": "/", "upstream": "http://127.0.0.1:1"},
+        {"prefix": "/api", "upstream": "http://127.0.0.1:2"},
+        {"prefix": "/api/admin", "upstream": "http://127.0.0.1:3"},
+    )
+    for order in (routes, routes[::-1]):
+        table = RouteTable(tuple(order))
+        assert [table.match(p).prefix for p in ("/api/admin/x", "/api/adminx", "/api", "/other", "/")] == [  # type: ignore[union-attr]
+            "/api/admin", "/api", "/api", "/", "/",
+        ]  # fmt: skip
+
+
+def test_route_table_no_match_is_none(tmp_path: Path) -> None:
+    table = RouteTable(_routes(tmp_path, {"prefix": "/api", "upstream": "http://127.0.0.1:1"}))
+    assert table.match("/apix") is None
+    assert table.match("/") is None
+
+
+def test_upstream_path_strip_prefix(tmp_path: Path) -> None:
+    strip, keep, root, odd = _routes(
+        tmp_path,
+        {"prefix": "/api", "upstream": "http://127.0.0.1:1", "strip_prefix": True},
+        {"prefix": "/keep", "upstream": "http://127.0.0.1:1"},
+        {"prefix": "/", "upstream": "http://127.0.0.1:1", "strip_prefix": True},
+        {"prefix": "/café;x", "upstream": "http://127.0.0.1:1", "strip_prefix": True},
+    )
+    assert RouteTable.upstream_path(strip, "/api/x/y") == "/x/y"
+    assert RouteTable.upstream_path(strip, "/api") == "/"
+    assert RouteTable.upstream_path(strip, "/api/") == "/"
+    assert RouteTable.upstream_path(keep, "/keep/x") == "/keep/x"
+    assert RouteTable.upstream_path(root, "/x") == "/x"
+    # The prefix is cut in its encoded form, never half an escape.
+    assert RouteTable.upstream_path(odd, normalize_target("/caf%C3%A9;x/z%20").encoded) == "/z%20"
+    assert RouteTable.upstream_path(odd, normalize_target("/caf%C3%A9;x").encoded) == "/"

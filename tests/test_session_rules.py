@@ -1,0 +1,387 @@
+"""SessionService's rules without HTTP: a real SQLite store in tmp_path, a real KeyRing, a FakeClock.
+
+The `/auth` endpoints are tested end to end in test_sessions_http.py; these tests pin the rules
+themselves (lifetimes, limits, reuse, revocation callbacks, audit reasons) and are fast enough to be
+the mutation run's yardstick for sessions.py (bench/mutation).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from argon2 import PasswordHasher
+
+from gateway.errors import (
+    BadRequest,
+    Conflict,
+    InvalidCredentials,
+    NoRoute,
+    RateLimited,
+    RefreshRejected,
+    RefreshReused,
+)
+from gateway.sessions import SessionService, check_password, normalize_email
+from gateway.store import UserRecord, open_store
+from gateway.tokens import KeyRing
+from tests.support import FakeClock, build_config
+
+EMAIL = "alice@example.com"
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Rig:
+    service: SessionService
+    clock: FakeClock
+    revoked: list[list[str]] = field(default_factory=list)
+    events: list[tuple[str, str]] = field(default_factory=list)
+
+    async def login(self, email: str = EMAIL, password: str = PASSWORD, **kwargs: Any) -> Any:
+        args: dict[str, Any] = {"remember_me": False, "user_agent": "ua", "ip": "192.0.2.1", **kwargs}
+        return await self.service.login(email, password, **args)
+
+
+async def _rig(tmp_path: Path, **tables: Any) -> AsyncIterator[Rig]:
+    cfg = build_config(tmp_path, "http://127.0.0.1:1", **tables)
+    store = await open_store(cfg.store)
+    clock = FakeClock(1_700_000_000.0)
+    rig: Rig
+    service = SessionService(
+        store=store, keys=KeyRing(cfg.tokens), config=cfg, clock=clock,
+        on_revoke=lambda ids: rig.revoked.append(list(ids)), on_event=lambda e, r: rig.events.append((e, r)),
+    )  # fmt: skip
+    rig = Rig(service, clock)
+    try:
+        yield rig
+    finally:
+        await store.aclose()
+
+
+@pytest.fixture(scope="module")
+def known_hash() -> str:
+    """PASSWORD hashed once for the module with the gateway's parameters (they live in the hash)."""
+    return PasswordHasher(time_cost=3, memory_cost=64 * 1024, parallelism=1).hash(PASSWORD)
+
+
+async def _user(rig: Rig, email: str, password_hash: str) -> UserRecord:
+    _, key = normalize_email(email)
+    return await rig.service.store.create_user(
+        user_id=str(uuid.uuid4()), email=email, email_key=key, password_hash=password_hash, now=rig.clock.now
+    )
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, known_hash: str) -> AsyncIterator[Rig]:
+    tables = {
+        "tokens": {"secret": "s" * 40, "access_ttl": "5m", "refresh_ttl": "30d", "session_ttl": "12h",
+                   "absolute_ttl": "90d", "reuse_grace": "10s", "leeway": "0s"},
+        "limits": {"login": "3/minute", "refresh": "5/minute"},
+    }  # fmt: skip
+    async for r in _rig(tmp_path, **tables):
+        await _user(r, EMAIL, known_hash)
+        yield r
+
+
+# -- emails and passwords -----------------------------------------------------------------------
+
+
+def test_normalize_email_trims_and_folds() -> None:
+    assert normalize_email("  Alice@Example.COM ") == ("Alice@Example.COM", "alice@example.com")
+    # Fullwidth letters fold to ASCII (NFKC), so a look-alike cannot be a second account.
+    assert normalize_email("ａｌｉｃｅ@example.com")[1] == "alice@example.com"
+    assert normalize_email("STRASSE@example.com")[1] == normalize_email("strasse@example.com")[1]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [None, 7, "", "alice", "@example.com", "alice@", "alice@localhost", "alice@.", "al ice@example.com",
+     "alice@exa\u0000mple.com", "alice@exam\u200bple.com", "alice@exa\tmple.com", "a" * 243 + "@example.com"],
+)  # fmt: skip
+def test_normalize_email_refuses_what_is_not_an_address(bad: object) -> None:
+    with pytest.raises(BadRequest):
+        normalize_email(bad)
+
+
+def test_normalize_email_length_limit_is_254() -> None:
+    at_limit = "a" * 242 + "@example.com"
+    assert len(at_limit) == 254
+    assert normalize_email(at_limit)[0] == at_limit
+
+
+def test_normalize_email_domain_needs_a_dot_inside() -> None:
+    assert normalize_email("a@b.c")[1] == "a@b.c"
+    with pytest.raises(BadRequest):
+        normalize_email("a@..")
+
+
+@pytest.mark.parametrize(
+    ("password", "ok"), [("x" * 8, True), ("x" * 7, False), ("x" * 1024, True), ("x" * 1025, False)]
+)
+def test_check_password_bounds(password: str, ok: bool) -> None:
+    if ok:
+        assert check_password(password) == password
+    else:
+        with pytest.raises(BadRequest):
+            check_password(password)
+
+
+def test_check_password_must_be_a_string() -> None:
+    with pytest.raises(BadRequest):
+        check_password(12345678)
+
+
+# -- users --------------------------------------------------------------------------------------
+
+
+async def test_add_user_stores_the_trimmed_email_and_audits(rig: Rig) -> None:
+    user = await rig.service.add_user("  Bob@Example.com ", "another password")
+    assert (user.email, user.email_key, user.disabled) == ("Bob@Example.com", "bob@example.com", False)
+    assert user.created_at == rig.clock.now
+    assert rig.events == [("user_created", "")]
+    assert (await rig.service.get_user("BOB@example.com")).id == user.id
+    with pytest.raises(Conflict):
+        await rig.service.add_user("bob@EXAMPLE.com", "another password")
+
+
+async def test_get_user_unknown_is_no_route(rig: Rig) -> None:
+    with pytest.raises(NoRoute):
+        await rig.service.get_user("nobody@example.com")
+
+
+async def test_set_password_revokes_every_session_and_swaps_the_password(rig: Rig) -> None:
+    first, second = await rig.login(), await rig.login()
+    revoked = await rig.service.set_password(EMAIL, "a brand new password")
+    assert sorted(revoked) == sorted([first.session.id, second.session.id])
+    assert [sorted(ids) for ids in rig.revoked] == [sorted(revoked)]
+    assert ("session_revoked", "password_changed") in rig.events
+    with pytest.raises(InvalidCredentials):
+        await rig.login()
+    assert (await rig.login(password="a brand new password")).user.email == EMAIL
+
+
+async def test_set_disabled_revokes_and_refuses_login_until_enabled(rig: Rig) -> None:
+    issued = await rig.login()
+    assert await rig.service.set_disabled(EMAIL, disabled=True) == [issued.session.id]
+    assert rig.revoked == [[issued.session.id]]
+    assert ("user_disabled", "") in rig.events and ("session_revoked", "user_disabled") in rig.events
+    rig.events.clear()
+    with pytest.raises(InvalidCredentials):
+        await rig.login()
+    assert rig.events == [("login_failure", "user_disabled")]
+    assert await rig.service.set_disabled(EMAIL, disabled=False) == []
+    assert rig.revoked == [[issued.session.id]]  # enabling revokes nothing
+    assert ("user_enabled", "") in rig.events
+    await rig.login()
+
+
+# -- login --------------------------------------------------------------------------------------
+
+
+async def test_login_opens_a_browser_session(rig: Rig) -> None:
+    now = rig.clock.now
+    issued = await rig.login(user_agent="x" * 300, ip="198.51.100.4")
+    s = issued.session
+    assert (s.created_at, s.last_used_at, s.expires_at) == (now, now, now + 12 * 3600)
+    assert s.absolute_expires_at == now + 90 * 86400
+    assert (s.remember_me, s.user_agent, s.ip, s.user_id) == (False, "x" * 256, "198.51.100.4", issued.user.id)
+    assert issued.refresh_max_age is None and issued.expires_in == 300
+    principal = rig.service.keys.verify_access_token(issued.access_token, now=now)
+    assert (principal.sub, principal.sid, principal.email) == (issued.user.id, s.id, EMAIL)
+    assert rig.events == [("login_success", "")]
+    found = await rig.service.session_for_token(issued.refresh_token)
+    assert found is not None and found.id == s.id
+
+
+async def test_login_remember_me_uses_refresh_ttl(rig: Rig) -> None:
+    issued = await rig.login(remember_me=True)
+    assert issued.session.expires_at == rig.clock.now + 30 * 86400
+    assert issued.refresh_max_age == 30 * 86400
+
+
+async def test_login_lifetimes_capped_by_absolute_ttl(tmp_path: Path, known_hash: str) -> None:
+    tokens = {"secret": "s" * 40, "access_ttl": "1h", "refresh_ttl": "30d", "absolute_ttl": "10m", "leeway": "0s"}
+    async for r in _rig(tmp_path, tokens=tokens):
+        await _user(r, EMAIL, known_hash)
+        issued = await r.login(remember_me=True)
+        assert issued.session.expires_at == issued.session.absolute_expires_at == r.clock.now + 600
+        assert issued.refresh_max_age == 600
+        assert issued.expires_in == 600  # the access token never outlives the session
+
+
+@pytest.mark.parametrize("password", [None, "", 5, "x" * 1025])
+async def test_login_malformed_password_is_bad_request_and_not_counted(rig: Rig, password: object) -> None:
+    for _ in range(4):
+        with pytest.raises(BadRequest):
+            await rig.service.login(EMAIL, password, remember_me=False, user_agent="", ip="192.0.2.1")
+    await rig.login()  # malformed requests did not use up the limit
+
+
+async def test_login_failures_have_one_answer_and_their_own_reasons(rig: Rig) -> None:
+    with pytest.raises(InvalidCredentials):
+        await rig.login(password="wrong password!")
+    with pytest.raises(InvalidCredentials):
+        await rig.login("nobody@example.com", ip="192.0.2.2")
+    assert rig.events == [("login_failure", "wrong_password"), ("login_failure", "unknown_email")]
+
+
+async def test_login_failures_limited_per_address(rig: Rig) -> None:
+    for i in range(3):
+        with pytest.raises(InvalidCredentials):
+            await rig.login(f"user{i}@example.com", ip="203.0.113.5")
+    with pytest.raises(RateLimited) as info:
+        await rig.login(ip="203.0.113.5")  # the right password: the limit is checked first
+    assert info.value.retry_after == 60
+    assert rig.events[-1] == ("login_failure", "rate_limited")
+    await rig.login(ip="203.0.113.6")
+    rig.clock.advance(60)
+    await rig.login(ip="203.0.113.5")
+
+
+async def test_login_failures_limited_per_email_key(rig: Rig) -> None:
+    for i, spelling in enumerate(["alice@example.com", "ALICE@example.com", " Alice@Example.com "]):
+        with pytest.raises(InvalidCredentials):
+            await rig.login(spelling, password="wrong password!", ip=f"198.51.100.{i}")
+    rig.clock.advance(20)
+    with pytest.raises(RateLimited) as info:
+        await rig.login(ip="198.51.100.9")
+    assert info.value.retry_after == 40
+
+
+async def test_login_success_gives_its_slot_back(rig: Rig) -> None:
+    for _ in range(5):
+        await rig.login()
+    for _ in range(3):
+        with pytest.raises(InvalidCredentials):
+            await rig.login(password="wrong password!")
+    with pytest.raises(RateLimited):
+        await rig.login()
+
+
+async def test_set_limits_same_keeps_counts_new_resets(rig: Rig) -> None:
+    for _ in range(3):
+        with pytest.raises(InvalidCredentials):
+            await rig.login(password="wrong password!")
+    limits = rig.service._limits
+    rig.service.set_limits(limits)
+    with pytest.raises(RateLimited):
+        await rig.login()
+    from gateway.config import LimitsConfig, Rate
+
+    rig.service.set_limits(LimitsConfig(login=Rate(count=3, period_s=3600), refresh=limits.refresh))
+    await rig.login()
+
+
+# -- refresh ------------------------------------------------------------------------------------
+
+
+async def test_refresh_rotates_to_the_keyed_successor(rig: Rig) -> None:
+    issued = await rig.login(remember_me=True)
+    rig.clock.advance(100)
+    new = await rig.service.refresh(issued.refresh_token, ip="192.0.2.9")
+    assert new.refresh_token == rig.service.keys.successor(issued.refresh_token) != issued.refresh_token
+    assert new.session.id == issued.session.id and new.user.id == issued.user.id
+    assert new.session.expires_at == rig.clock.now + 30 * 86400  # slides
+    assert new.refresh_max_age == 30 * 86400
+    principal = rig.service.keys.verify_access_token(new.access_token, now=rig.clock.now)
+    assert principal.sid == issued.session.id
+    assert rig.events[-1] == ("refresh", "rotated")
+    assert (await rig.service.refresh(new.refresh_token, ip="")).refresh_token != new.refresh_token
+
+
+async def test_refresh_within_grace_answers_the_same_successor(rig: Rig) -> None:
+    issued = await rig.login()
+    first = await rig.service.refresh(issued.refresh_token, ip="")
+    rig.clock.advance(9)
+    twin = await rig.service.refresh(issued.refresh_token, ip="")
+    assert twin.refresh_token == first.refresh_token
+    assert rig.events[-1] == ("refresh", "grace_twin")
+    assert rig.revoked == []
+
+
+async def test_refresh_reuse_after_grace_revokes_the_session(rig: Rig) -> None:
+    issued = await rig.login()
+    other = await rig.login()
+    new = await rig.service.refresh(issued.refresh_token, ip="")
+    rig.clock.advance(11)
+    with pytest.raises(RefreshReused):
+        await rig.service.refresh(issued.refresh_token, ip="203.0.113.1")
+    assert rig.revoked == [[issued.session.id]]
+    assert ("reuse_detected", "refresh_token_reused") in rig.events
+    assert ("session_revoked", "refresh_token_reused") in rig.events
+    with pytest.raises(RefreshRejected) as info:
+        await rig.service.refresh(new.refresh_token, ip="")
+    assert not isinstance(info.value, RefreshReused)
+    await rig.service.refresh(other.refresh_token, ip="")  # the user's other session lives on
+
+
+async def test_refresh_unknown_token_is_rejected_and_audited(rig: Rig) -> None:
+    with pytest.raises(RefreshRejected) as info:
+        await rig.service.refresh("not-a-token", ip="")
+    assert not isinstance(info.value, RefreshReused)
+    assert [e for e, _ in rig.events] == ["refresh_failure"]
+    assert rig.revoked == []
+
+
+async def test_refresh_limited_per_session(rig: Rig) -> None:
+    issued = await rig.login()
+    other = await rig.login()
+    token = issued.refresh_token
+    for _ in range(5):
+        token = (await rig.service.refresh(token, ip="")).refresh_token
+    rig.clock.advance(15)
+    with pytest.raises(RateLimited) as info:
+        await rig.service.refresh(token, ip="")
+    assert info.value.retry_after == 45
+    assert rig.events[-1] == ("refresh_failure", "rate_limited")
+    await rig.service.refresh(other.refresh_token, ip="")
+    rig.clock.advance(45)
+    await rig.service.refresh(token, ip="")
+
+
+async def test_refresh_of_a_revoked_session_is_rejected(rig: Rig) -> None:
+    issued = await rig.login()
+    await rig.service.revoke_session(issued.session.id, reason="logout")
+    with pytest.raises(RefreshRejected):
+        await rig.service.refresh(issued.refresh_token, ip="")
+
+
+# -- revocation ---------------------------------------------------------------------------------
+
+
+async def test_revoke_session_as_its_owner_and_as_a_stranger(rig: Rig, known_hash: str) -> None:
+    mine = await rig.login()
+    bob = await _user(rig, "bob@example.com", known_hash)
+    with pytest.raises(NoRoute):
+        await rig.service.revoke_session(mine.session.id, reason="logout", user_id=bob.id)
+    with pytest.raises(NoRoute):
+        await rig.service.revoke_session("no-such-session", reason="logout", user_id=mine.user.id)
+    assert rig.revoked == []
+    revoked = await rig.service.revoke_session(mine.session.id, reason="logout", user_id=mine.user.id, ip="x")
+    assert revoked == [mine.session.id]
+    assert rig.revoked == [[mine.session.id]]
+    assert rig.events[-1] == ("session_revoked", "logout")
+    assert await rig.service.revoke_session(mine.session.id, reason="logout") == []  # idempotent
+    assert rig.revoked == [[mine.session.id]]  # nothing new to cut
+
+
+async def test_revoke_user_revokes_only_that_users_sessions(rig: Rig, known_hash: str) -> None:
+    a, b = await rig.login(), await rig.login()
+    await _user(rig, "bob@example.com", known_hash)
+    bob = await rig.login("bob@example.com")
+    revoked = await rig.service.revoke_user(a.user.id, reason="logout_all")
+    assert sorted(revoked) == sorted([a.session.id, b.session.id])
+    assert [e for e in rig.events if e[0] == "session_revoked"] == [("session_revoked", "logout_all")] * 2
+    assert [s.id for s in await rig.service.list_sessions(bob.user.id)] == [bob.session.id]
+    assert await rig.service.list_sessions(a.user.id) == []
+
+
+async def test_list_sessions_only_live_ones(rig: Rig) -> None:
+    first = await rig.login()
+    rig.clock.advance(13 * 3600)  # past session_ttl (12h) without a refresh
+    second = await rig.login()
+    assert [s.id for s in await rig.service.list_sessions(first.user.id)] == [second.session.id]
