@@ -24,10 +24,13 @@ from gateway import auth_routes
 from gateway.auth import authenticate
 from gateway.config import Config
 from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, NoRoute, StoreError
+from gateway.grant_sync import grants_ctx
+from gateway.grants import StaleGrants
 from gateway.keys import (
     CLIENT,
     CLOCK,
     CONFIG,
+    GRANTS,
     KEYRING,
     LIVE_ROUTES,
     METRICS,
@@ -164,6 +167,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     app[CLOCK] = clock
     app[KEYRING] = keyring or KeyRing(config.tokens)
     app[REVOKED] = RevokedSessions()
+    app[GRANTS] = StaleGrants()
     app[WEBSOCKETS] = {}
     prefix = config.server.auth_prefix
     endpoints: dict[str, dict[str, Handler]] = {
@@ -236,6 +240,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_client_ctx)
     app.cleanup_ctx.append(_revocation_ctx)
+    app.cleanup_ctx.append(grants_ctx)
     app.on_shutdown.append(_close_all_websockets)
     return app
 

@@ -22,6 +22,8 @@ PURE = [
     "gateway.metrics",
     "gateway.sessions",
     "gateway.workers",
+    "gateway.grants",
+    "gateway.roles",
 ]
 
 
