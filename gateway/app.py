@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import auth_routes
 from gateway.auth import authenticate
+from gateway.authz import enforce_policy
 from gateway.config import Config
 from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, NoRoute, StoreError
 from gateway.grant_sync import grants_ctx
@@ -215,6 +216,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
                 metrics.auth_decision("deny", exc.code)
                 raise
             metrics.auth_decision("allow" if principal else "anonymous", "ok")
+            enforce_policy(request, route, target, principal)
         return await live.forwarder.forward(request, route, target, principal)
 
     if config.server.hsts:

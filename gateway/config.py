@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
+from gateway.policy import Policy, compile_policy
 
 __all__ = [
     "AuthMode",
@@ -177,6 +178,8 @@ class RouteConfig:
     timeout: timedelta = timedelta(seconds=30)
     forward_authorization: bool = False
     preserve_host: bool = False
+    # Authorization: the route's allow/deny rules, compiled at load (None: any authenticated caller).
+    policy: Policy | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -520,6 +523,15 @@ def _cookies(t: _Table) -> CookieConfig:
     return cfg
 
 
+def _route_policy(t: _Table, i: int) -> Policy | None:
+    """`allow`/`deny` of routes[i], compiled; public routes may not carry them."""
+    allow, deny = t.get("allow", None, lambda r: r), t.get("deny", None, lambda r: r)
+    if (allow is not None or deny is not None) and t.data.get("auth") == "public":
+        t.problems.append(f"routes[{i}].{'allow' if allow is not None else 'deny'}: a public route cannot carry a policy")
+        return None
+    return compile_policy(allow, deny, where=f"routes[{i}]", problems=t.problems)
+
+
 def _routes(raw: object, problems: list[str], base: Path) -> tuple[RouteConfig, ...]:
     if raw is None:
         return ()
@@ -543,6 +555,7 @@ def _routes(raw: object, problems: list[str], base: Path) -> tuple[RouteConfig, 
             timeout=t.get("timeout", timedelta(seconds=30), parse_duration),
             forward_authorization=t.get("forward_authorization", False),
             preserve_host=t.get("preserve_host", False),
+            policy=_route_policy(t, i),
         )
         t.finish()
         if route.timeout <= timedelta(0) and "timeout" in t.data:

@@ -9,11 +9,13 @@ GatewayError
 │   ├── TokenInvalid (invalid_token)
 │   │   └── TokenExpired (invalid_token)
 │   ├── InvalidCredentials (invalid_credentials)
-│   └── RefreshMissing (missing_refresh_token)
+│   ├── RefreshMissing (missing_refresh_token)
+│   └── InsufficientUserAuthentication (insufficient_user_authentication)
 ├── Forbidden (403)
 │   ├── RefreshRejected (invalid_refresh_token)
 │   │   └── RefreshReused (refresh_token_reused)
-│   └── CsrfFailed (csrf_failed)
+│   ├── CsrfFailed (csrf_failed)
+│   └── InsufficientScope (insufficient_scope)
 ├── NoRoute (404 not_found)
 ├── MethodNotAllowed (405 method_not_allowed)
 ├── RateLimited (429 rate_limited)
@@ -37,6 +39,8 @@ __all__ = [
     "CsrfFailed",
     "Forbidden",
     "GatewayError",
+    "InsufficientScope",
+    "InsufficientUserAuthentication",
     "InvalidCredentials",
     "MethodNotAllowed",
     "NoRoute",
@@ -147,6 +151,24 @@ class CsrfFailed(Forbidden):
     """A cookie-authenticated unsafe request came without an allowed Origin or Referer."""
 
     code = "csrf_failed"
+
+
+# -- authorization ---------------------------------------------------------------------------------
+# `challenge` is the WWW-Authenticate value error_middleware sends with these.
+
+
+class InsufficientScope(Forbidden):
+    """Authenticated, but the route's policy refuses this caller (RFC 6750 3.1)."""
+
+    code = "insufficient_scope"
+    challenge = 'Bearer error="insufficient_scope"'
+
+
+class InsufficientUserAuthentication(AuthError):
+    """The route's policy admits this caller only after a second factor (RFC 9470)."""
+
+    code = "insufficient_user_authentication"
+    challenge = 'Bearer error="insufficient_user_authentication"'
 
 
 class NoRoute(GatewayError):

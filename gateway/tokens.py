@@ -12,7 +12,7 @@ import json
 import secrets
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,11 @@ class Principal:
     # Authorization: the user's roles (sorted) and their version when the token was issued (see grants.py).
     roles: tuple[str, ...] = ()
     rv: int = 0
+    # A machine client's token (RFC 9068): its id (then also `sub`) and granted scopes; "" and () for users.
+    client_id: str = ""
+    scopes: tuple[str, ...] = ()
+    # Every verified claim, for policies that match on claims; not compared, not printed.
+    claims: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,5 +306,5 @@ class KeyRing:
                 raise TokenInvalid("the access token was issued in the future")
         return Principal(
             sub=sub, sid=sid, email=email, jti=jti, exp=exp, amr=tuple(amr), idp=idp,  # type: ignore[arg-type]
-            roles=tuple(sorted(roles)), rv=rv,
+            roles=tuple(sorted(roles)), rv=rv, claims=claims,
         )  # fmt: skip

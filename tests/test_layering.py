@@ -24,6 +24,7 @@ PURE = [
     "gateway.workers",
     "gateway.grants",
     "gateway.roles",
+    "gateway.policy",
 ]
 
 
