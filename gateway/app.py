@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from gateway import auth_routes
 from gateway.auth import authenticate
 from gateway.authz import enforce_policy
+from gateway.client_routes import client_endpoints, clients_ctx
 from gateway.config import Config
 from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, NoRoute, StoreError
 from gateway.grant_sync import grants_ctx
@@ -173,6 +174,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     prefix = config.server.auth_prefix
     endpoints: dict[str, dict[str, Handler]] = {
         **auth_routes.auth_endpoints(prefix),
+        **client_endpoints(prefix),
         f"{prefix}/client.js": {"GET": _client_js},
         f"{prefix}/openapi.json": {"GET": _openapi},
         "/.well-known/jwks.json": {"GET": _jwks},
@@ -243,6 +245,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     app.cleanup_ctx.append(_client_ctx)
     app.cleanup_ctx.append(_revocation_ctx)
     app.cleanup_ctx.append(grants_ctx)
+    app.cleanup_ctx.append(clients_ctx)
     app.on_shutdown.append(_close_all_websockets)
     return app
 

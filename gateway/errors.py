@@ -2,6 +2,8 @@
 
 GatewayError
 ├── BadRequest (400 invalid_request)
+│   ├── UnsupportedGrantType (unsupported_grant_type)
+│   └── InvalidScope (invalid_scope)
 ├── RequestTimeout (408 request_timeout)
 ├── PayloadTooLarge (413 payload_too_large)
 ├── AuthError (401)
@@ -10,7 +12,8 @@ GatewayError
 │   │   └── TokenExpired (invalid_token)
 │   ├── InvalidCredentials (invalid_credentials)
 │   ├── RefreshMissing (missing_refresh_token)
-│   └── InsufficientUserAuthentication (insufficient_user_authentication)
+│   ├── InsufficientUserAuthentication (insufficient_user_authentication)
+│   └── InvalidClient (invalid_client, WWW-Authenticate: Basic)
 ├── Forbidden (403)
 │   ├── RefreshRejected (invalid_refresh_token)
 │   │   └── RefreshReused (refresh_token_reused)
@@ -41,6 +44,8 @@ __all__ = [
     "GatewayError",
     "InsufficientScope",
     "InsufficientUserAuthentication",
+    "InvalidClient",
+    "InvalidScope",
     "InvalidCredentials",
     "MethodNotAllowed",
     "NoRoute",
@@ -56,6 +61,7 @@ __all__ = [
     "TokenInvalid",
     "TokenMissing",
     "UpstreamError",
+    "UnsupportedGrantType",
     "UpstreamTimeout",
 ]
 
@@ -169,6 +175,28 @@ class InsufficientUserAuthentication(AuthError):
 
     code = "insufficient_user_authentication"
     challenge = 'Bearer error="insufficient_user_authentication"'
+
+
+# -- machine clients (RFC 6749 5.2) -----------------------------------------------------------------
+
+
+class InvalidClient(AuthError):
+    """Unknown client, wrong secret, or no client authentication: one answer for all."""
+
+    code = "invalid_client"
+    challenge = 'Basic realm="gateway"'
+
+
+class UnsupportedGrantType(BadRequest):
+    """`grant_type` is not one this endpoint issues tokens for."""
+
+    code = "unsupported_grant_type"
+
+
+class InvalidScope(BadRequest):
+    """A requested scope is unknown or was not given to the client."""
+
+    code = "invalid_scope"
 
 
 class NoRoute(GatewayError):

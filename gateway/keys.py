@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from aiohttp import ClientSession, web
 
+from gateway.clients import ClientService
 from gateway.config import Config
 from gateway.grants import StaleGrants
 from gateway.metrics import Metrics
@@ -19,6 +20,7 @@ from gateway.tokens import KeyRing, Principal
 
 __all__ = [
     "CLIENT",
+    "CLIENTS",
     "CLOCK",
     "CONFIG",
     "GRANTS",
@@ -48,6 +50,8 @@ LIVE_ROUTES = web.AppKey("live_routes", object)
 REVOKED = web.AppKey("revoked", RevokedSessions)
 # Subjects whose older access tokens are refused (roles changed, machine client removed).
 GRANTS = web.AppKey("grants", StaleGrants)
+# Machine clients (client credentials).
+CLIENTS = web.AppKey("clients", ClientService)
 # Open proxied WebSockets by session id, so a revocation can close them at once.
 WEBSOCKETS = web.AppKey("websockets", dict[str, set[web.WebSocketResponse]])
 

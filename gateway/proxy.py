@@ -113,7 +113,11 @@ class Forwarder:
         out["X-Request-Id"] = request[REQUEST_ID]
         if route.preserve_host and "Host" in request.headers:
             out["Host"] = request.headers["Host"]
-        if principal is not None:
+        if principal is not None and principal.client_id:
+            # A machine client: its id and scopes instead of the user headers.
+            out[self._identity[4]] = principal.client_id
+            out[self._identity[5]] = " ".join(principal.scopes)
+        elif principal is not None:
             out[self._identity[0]] = principal.sub
             out[self._identity[1]] = principal.email
             out[self._identity[2]] = principal.sid

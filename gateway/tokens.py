@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 _TYP = "at+jwt"
-_REQUIRED = ["exp", "iat", "sub", "jti", "sid", "iss", "aud"]
+_REQUIRED = ["exp", "iat", "sub", "jti", "iss", "aud"]  # and `sid`, except in a machine client's token
 # A verified token is cached by its exact text, so a forged token can never hit an entry.
 _CACHE_MAX = 10_000
 
@@ -231,6 +231,24 @@ class KeyRing:
         token = jwt.encode(claims, self._current.sign, algorithm=self.algorithm, headers={"kid": self._current.kid, "typ": _TYP})
         return token, exp - iat
 
+    def issue_client_token(self, *, client_id: str, scopes: tuple[str, ...], now: float) -> tuple[str, int]:
+        """A machine client's access token (RFC 9068): `sub` and `client_id` are the client, `scope`
+        is space-separated; no session, no email, no refresh token."""
+        iat = int(now)
+        exp = iat + int(self.cfg.access_ttl.total_seconds())
+        claims = {
+            "iss": self.cfg.issuer,
+            "aud": self.cfg.audience,
+            "sub": client_id,
+            "client_id": client_id,
+            "scope": " ".join(scopes),
+            "jti": uuid.uuid4().hex,
+            "iat": iat,
+            "exp": exp,
+        }
+        token = jwt.encode(claims, self._current.sign, algorithm=self.algorithm, headers={"kid": self._current.kid, "typ": _TYP})
+        return token, exp - iat
+
     def verify_access_token(self, token: str, *, now: float) -> Principal:
         """The Principal of a genuine, current token; raises TokenInvalid or TokenExpired."""
         cached = self._cache.get(token)
@@ -283,10 +301,22 @@ class KeyRing:
         except jwt.InvalidTokenError as exc:
             raise TokenInvalid("the access token is invalid") from exc
         exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf", 0)
+        client_id, scope = claims.get("client_id", ""), claims.get("scope", "")
+        if not isinstance(client_id, str) or not isinstance(scope, str):
+            raise TokenInvalid("the access token has malformed client_id or scope claims")
+        if client_id:
+            # RFC 9068 2.2: with no resource owner, `sub` is the client; a token naming both is not ours.
+            if claims.get("sub") != client_id or "sid" in claims or "email" in claims:
+                raise TokenInvalid("the access token mixes a client with a user")
+            claims.setdefault("sid", "")
+        elif "sid" not in claims:
+            raise TokenInvalid("the access token lacks the sid claim")
         sub, sid, jti, email = claims.get("sub"), claims.get("sid"), claims.get("jti"), claims.get("email", "")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (exp, iat, nbf)):
             raise TokenInvalid("the access token has non-integer times")
-        if not all(isinstance(v, str) and v for v in (sub, sid, jti)) or not isinstance(email, str):
+        if not all(isinstance(v, str) and v for v in (sub, jti)) or not isinstance(email, str):
+            raise TokenInvalid("the access token has malformed claims")
+        if not isinstance(sid, str) or not (sid or client_id):
             raise TokenInvalid("the access token has malformed claims")
         amr, idp = claims.get("amr", []), claims.get("idp", "")
         if not isinstance(amr, list) or not all(isinstance(m, str) for m in amr) or not isinstance(idp, str):
@@ -306,5 +336,5 @@ class KeyRing:
                 raise TokenInvalid("the access token was issued in the future")
         return Principal(
             sub=sub, sid=sid, email=email, jti=jti, exp=exp, amr=tuple(amr), idp=idp,  # type: ignore[arg-type]
-            roles=tuple(sorted(roles)), rv=rv, claims=claims,
+            roles=tuple(sorted(roles)), rv=rv, client_id=client_id, scopes=tuple(scope.split()), claims=claims,
         )  # fmt: skip

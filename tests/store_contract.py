@@ -554,3 +554,35 @@ class StoreContract:
         await store.set_user_roles(user.id, ("b",), now=T0 + 50)
         await store.prune(now=T0 + 60, revocations_before=T0 + 30)
         assert [c.version for c in await store.access_changes_since(0)] == [2]
+
+    # -- machine clients -----------------------------------------------------------------------------
+
+    async def test_clients_create_get_list(self, store: Store) -> None:
+        from gateway.store import ClientRecord
+
+        a = ClientRecord(id="cl_a", name="billing", secret_hash="h-a", scopes=("billing.read", "billing.write"), created_at=T0)
+        b = ClientRecord(id="cl_b", name="no scopes", secret_hash="h-b", scopes=(), created_at=T0 + 1)
+        await store.create_client(a)
+        await store.create_client(b)
+        assert await store.get_client("cl_a") == a
+        assert await store.get_client("cl_b") == b
+        assert await store.get_client("cl_nope") is None
+        assert await store.list_clients() == [a, b]
+
+    async def test_clients_duplicate_id_conflicts(self, store: Store) -> None:
+        from gateway.store import ClientRecord
+
+        record = ClientRecord(id="cl_a", name="x", secret_hash="h", scopes=(), created_at=T0)
+        await store.create_client(record)
+        with pytest.raises(Conflict):
+            await store.create_client(record)
+
+    async def test_clients_remove_deletes_and_logs_once(self, store: Store) -> None:
+        from gateway.store import ClientRecord
+
+        await store.create_client(ClientRecord(id="cl_a", name="x", secret_hash="h", scopes=("s",), created_at=T0))
+        assert await store.remove_client("cl_a", now=T0 + 5, version=2**62) is True
+        assert await store.get_client("cl_a") is None
+        assert await store.remove_client("cl_a", now=T0 + 6, version=2**62) is False
+        changes = await store.access_changes_since(0)
+        assert [(c.subject, c.version, c.changed_at) for c in changes] == [("cl_a", 2**62, T0 + 5)]

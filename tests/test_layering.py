@@ -25,6 +25,8 @@ PURE = [
     "gateway.grants",
     "gateway.roles",
     "gateway.policy",
+    "gateway.clients",
+    "gateway.policy_check",
 ]
 
 

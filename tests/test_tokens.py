@@ -710,3 +710,32 @@ def test_verify_access_token_malformed_roles_or_rv_is_invalid(ring: KeyRing, nam
     token = jwt.encode(claims, SECRET, algorithm="HS256", headers={"kid": ring.current_kid, "typ": "at+jwt"})
     with pytest.raises(TokenInvalid, match=name):
         ring.verify_access_token(token, now=NOW)
+
+
+def test_issue_client_token_claims_per_rfc9068(ring: KeyRing) -> None:
+    token, expires_in = ring.issue_client_token(client_id="cl_1", scopes=("billing.read", "billing.write"), now=NOW)
+    body = jwt.decode(token, SECRET, algorithms=["HS256"], audience="api", options={"verify_exp": False, "verify_iat": False})
+    assert set(body) == {"iss", "aud", "sub", "client_id", "scope", "jti", "iat", "exp"}
+    assert (body["sub"], body["client_id"], body["scope"], expires_in) == ("cl_1", "cl_1", "billing.read billing.write", TTL)
+    p = ring.verify_access_token(token, now=NOW)
+    assert (p.sub, p.client_id, p.scopes, p.sid, p.email, p.roles) == ("cl_1", "cl_1", ("billing.read", "billing.write"), "", "", ())
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"client_id": "cl_1", "sub": "user-1"}, {"client_id": "cl_1", "sub": "cl_1", "email": "a@b.c"}, {"client_id": 5}, {"scope": ["a"]}],
+)
+def test_verify_access_token_client_claims_mixed_or_malformed_is_invalid(ring: KeyRing, extra: dict[str, Any]) -> None:
+    body = {"iss": "gateway", "aud": "api", "sub": "cl_1", "jti": "j", "iat": NOW, "exp": NOW + 60, "sid": "s", **extra}
+    if "email" not in extra and extra.get("client_id") == "cl_1":
+        body.pop("sid")
+    token = jwt.encode(body, SECRET, algorithm="HS256", headers={"kid": ring.current_kid, "typ": "at+jwt"})
+    with pytest.raises(TokenInvalid):
+        ring.verify_access_token(token, now=NOW)
+
+
+def test_verify_access_token_user_token_without_sid_is_invalid(ring: KeyRing) -> None:
+    body = {"iss": "gateway", "aud": "api", "sub": "u", "jti": "j", "iat": NOW, "exp": NOW + 60}
+    token = jwt.encode(body, SECRET, algorithm="HS256", headers={"kid": ring.current_kid, "typ": "at+jwt"})
+    with pytest.raises(TokenInvalid, match="sid"):
+        ring.verify_access_token(token, now=NOW)

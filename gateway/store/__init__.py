@@ -15,6 +15,7 @@ from gateway.config import StoreConfig
 __all__ = [
     "AccessChange",
     "Admit",
+    "ClientRecord",
     "RevocationEvent",
     "RotateOutcome",
     "SessionRecord",
@@ -103,6 +104,17 @@ class AccessChange:
     changed_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class ClientRecord:
+    """A machine client (OAuth 2.0 client credentials): its secret only as a hash, its granted scopes."""
+
+    id: str
+    name: str
+    secret_hash: str
+    scopes: tuple[str, ...]
+    created_at: float
+
+
 class Store(Protocol):
     """Users, sessions with their refresh-token hashes, and an ordered log of revocations."""
 
@@ -169,6 +181,21 @@ class Store(Protocol):
 
     async def access_changes_since(self, seq: int, *, not_before: float = 0.0) -> list[AccessChange]:
         """Grant-change log entries after `seq` (and at or after `not_before`), in order."""
+
+    # -- machine clients -----------------------------------------------------------------------
+
+    async def create_client(self, client: ClientRecord) -> None:
+        """Stores a new machine client; raises Conflict when the id exists."""
+
+    async def get_client(self, client_id: str) -> ClientRecord | None:
+        """One machine client by id."""
+
+    async def list_clients(self) -> list[ClientRecord]:
+        """Every machine client, oldest first."""
+
+    async def remove_client(self, client_id: str, *, now: float, version: int) -> bool:
+        """Deletes a client and logs (client_id, version) in the grant-change log, in one transaction;
+        False when there was no such client."""
 
     async def ping(self) -> None:
         """Raises StoreUnavailable when the store cannot answer."""

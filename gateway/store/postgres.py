@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from gateway.errors import Conflict, StoreError, StoreUnavailable
-from gateway.store import AccessChange, Admit, RevocationEvent, RotateOutcome, SessionRecord, UserRecord
+from gateway.store import AccessChange, Admit, ClientRecord, RevocationEvent, RotateOutcome, SessionRecord, UserRecord
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
@@ -74,6 +74,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX access_changes_time ON access_changes(changed_at);
     """,
+    # Machine clients (client credentials): secrets stored as hashes, scopes space-separated.
+    """
+    CREATE TABLE clients (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        scopes TEXT NOT NULL DEFAULT '',
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    """,
 )
 
 _MIGRATION_LOCK = 0x6761_7465_7761_79  # arbitrary constants shared by every gateway instance
@@ -106,6 +116,13 @@ def _user(r: Any, o: int = 0) -> UserRecord:
         id=r[o], email=r[o + 1], email_key=r[o + 2], password_hash=r[o + 3], disabled=r[o + 4], created_at=r[o + 5],
         roles=tuple(r[o + 6].split()), roles_version=r[o + 7],
     )  # fmt: skip
+
+
+_CLIENT_COLS = "id, name, secret_hash, scopes, created_at"
+
+
+def _client(r: Any) -> ClientRecord:
+    return ClientRecord(id=r[0], name=r[1], secret_hash=r[2], scopes=tuple(r[3].split()), created_at=r[4])
 
 
 class PostgresStore:
@@ -348,6 +365,38 @@ class PostgresStore:
             seq, not_before,
         )  # fmt: skip
         return [AccessChange(seq=r[0], subject=r[1], version=r[2], changed_at=r[3]) for r in rows]
+
+    # -- machine clients -----------------------------------------------------------------------
+
+    async def create_client(self, client: ClientRecord) -> None:
+        c = client
+        try:
+            await self._pool.execute(
+                "INSERT INTO clients (id, name, secret_hash, scopes, created_at) VALUES ($1, $2, $3, $4, $5)",
+                c.id, c.name, c.secret_hash, " ".join(c.scopes), c.created_at,
+            )  # fmt: skip
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict(f"a client with id {c.id} already exists") from exc
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+
+    async def get_client(self, client_id: str) -> ClientRecord | None:
+        rows = await self._fetch(f"SELECT {_CLIENT_COLS} FROM clients WHERE id = $1", client_id)
+        return _client(rows[0]) if rows else None
+
+    async def list_clients(self) -> list[ClientRecord]:
+        return [_client(r) for r in await self._fetch(f"SELECT {_CLIENT_COLS} FROM clients ORDER BY created_at, id")]
+
+    async def remove_client(self, client_id: str, *, now: float, version: int) -> bool:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                status = await conn.execute("DELETE FROM clients WHERE id = $1", client_id)
+                if status.split()[-1] == "0":
+                    return False
+                await _log_access_change(conn, client_id, version, now=now)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+        return True
 
     async def ping(self) -> None:
         await self._fetch("SELECT 1")

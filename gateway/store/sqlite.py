@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.errors import Conflict, StoreError, StoreUnavailable
-from gateway.store import AccessChange, Admit, RevocationEvent, RotateOutcome, SessionRecord, UserRecord
+from gateway.store import AccessChange, Admit, ClientRecord, RevocationEvent, RotateOutcome, SessionRecord, UserRecord
 from gateway.store.sqlite_runner import Op, Runner
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
@@ -84,6 +84,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX access_changes_time ON access_changes(changed_at);
     """,
+    # Machine clients (client credentials): secrets stored as hashes, scopes space-separated.
+    """
+    CREATE TABLE clients (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        scopes TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL
+    );
+    """,
 )
 
 _SESSION_COLS = (
@@ -115,6 +125,13 @@ def _user(row: Iterable[Any]) -> UserRecord:
         id=r[0], email=r[1], email_key=r[2], password_hash=r[3], disabled=bool(r[4]), created_at=r[5],
         roles=tuple(r[6].split()), roles_version=r[7],
     )  # fmt: skip
+
+
+_CLIENT_COLS = "id, name, secret_hash, scopes, created_at"
+
+
+def _client(r: Any) -> ClientRecord:
+    return ClientRecord(id=r[0], name=r[1], secret_hash=r[2], scopes=tuple(r[3].split()), created_at=r[4])
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -361,6 +378,38 @@ class SqliteStore:
             (seq, not_before),
         )
         return [AccessChange(seq=r[0], subject=r[1], version=r[2], changed_at=r[3]) for r in rows]
+
+    # -- machine clients -----------------------------------------------------------------------
+
+    async def create_client(self, client: ClientRecord) -> None:
+        c = client
+
+        def op(db: sqlite3.Connection) -> None:
+            try:
+                db.execute(
+                    "INSERT INTO clients (id, name, secret_hash, scopes, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (c.id, c.name, c.secret_hash, " ".join(c.scopes), c.created_at),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(f"a client with id {c.id} already exists") from exc
+
+        await self._do(op, write=True)
+
+    async def get_client(self, client_id: str) -> ClientRecord | None:
+        rows = await self._rows(f"SELECT {_CLIENT_COLS} FROM clients WHERE id = ?", (client_id,))
+        return _client(rows[0]) if rows else None
+
+    async def list_clients(self) -> list[ClientRecord]:
+        return [_client(r) for r in await self._rows(f"SELECT {_CLIENT_COLS} FROM clients ORDER BY created_at, id")]
+
+    async def remove_client(self, client_id: str, *, now: float, version: int) -> bool:
+        def op(db: sqlite3.Connection) -> bool:
+            if db.execute("DELETE FROM clients WHERE id = ?", (client_id,)).rowcount == 0:
+                return False
+            db.execute("INSERT INTO access_changes (subject, version, changed_at) VALUES (?, ?, ?)", (client_id, version, now))
+            return True
+
+        return await self._do(op, write=True)
 
     async def ping(self) -> None:
         await self._rows("SELECT 1")
