@@ -67,7 +67,8 @@ class Decision:
 
 
 def _fold(text: str) -> str:
-    return unicodedata.normalize("NFKC", text).casefold()
+    # The common ASCII case skips NFKC: for ASCII, casefold() is lower() and NFKC changes nothing.
+    return text.lower() if text.isascii() else unicodedata.normalize("NFKC", text).casefold()
 
 
 @dataclass(frozen=True, slots=True)
