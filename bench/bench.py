@@ -506,6 +506,14 @@ prefix = "/api"
 upstream = "http://127.0.0.1:{p['upstream']}"
 auth = "required"
 
+# A route with a policy (two deny rules checked, then the second allow rule admits): its cost over /api.
+[[routes]]
+prefix = "/pol"
+upstream = "http://127.0.0.1:{p['upstream']}"
+auth = "required"
+deny = [{{ paths = ["/pol/admin/**"], roles = ["auditor"] }}, {{ methods = ["DELETE"] }}]
+allow = [{{ roles = ["admin"] }}, {{ email_domains = ["example.com"], methods = ["GET", "HEAD"] }}]
+
 # For the 1 GB transfers only: the demo upstream streams (/api/stream) and echoes (/api/echo).
 [[routes]]
 prefix = "/big"
@@ -568,9 +576,8 @@ timeout = "600s"
             "plain": {"label": "plain aiohttp proxy (no auth)", "port": p["plain"], "path": "/api/bench", "headers": bearer, "proc": "plain"},
             "gw_public": {"label": "gateway, public route", "port": p["gw"], "path": "/public/bench", "headers": {}, "proc": "gw"},
             "gw_bearer": {"label": "gateway, required route, Bearer", "port": p["gw"], "path": "/api/bench", "headers": bearer, "proc": "gw"},
+            "gw_policy": {"label": "gateway, required route + policy, Bearer", "port": p["gw"], "path": "/pol/bench", "headers": bearer, "proc": "gw"},
             "gw_cookie": {"label": "gateway, required route, cookie", "port": p["gw"], "path": "/api/bench", "headers": cookie, "proc": "gw"},
-            # Issue 11 (route policies): a "gw_policy" target belongs here, a Bearer request to a route with an
-            # `allow` rule the token passes (route added in gw_config), judged "within 10 % of gw_bearer" in judge().
             "gw_auto": {"label": 'gateway, workers="auto", Bearer', "port": p["gw_auto"], "path": "/api/bench", "headers": bearer, "proc": "gw_auto"},
         }  # fmt: skip
         self.hap_key = hap

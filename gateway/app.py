@@ -23,12 +23,17 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import auth_routes
 from gateway.auth import authenticate
+from gateway.authz import enforce_policy
+from gateway.client_routes import client_endpoints, clients_ctx
 from gateway.config import Config
 from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, NoRoute, StoreError
+from gateway.grant_sync import grants_ctx
+from gateway.grants import StaleGrants
 from gateway.keys import (
     CLIENT,
     CLOCK,
     CONFIG,
+    GRANTS,
     KEYRING,
     LIVE_ROUTES,
     METRICS,
@@ -176,10 +181,12 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     app[CLOCK] = clock
     app[KEYRING] = keyring or KeyRing(config.tokens)
     app[REVOKED] = RevokedSessions()
+    app[GRANTS] = StaleGrants()
     app[WEBSOCKETS] = {}
     prefix = config.server.auth_prefix
     endpoints: dict[str, dict[str, Handler]] = {
         **auth_routes.auth_endpoints(prefix),
+        **client_endpoints(prefix),
         f"{prefix}/client.js": {"GET": _client_js},
         f"{prefix}/openapi.json": {"GET": _openapi},
         "/.well-known/jwks.json": {"GET": _jwks},
@@ -223,6 +230,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
                 metrics.auth_decision("deny", exc.code)
                 raise
             metrics.auth_decision("allow" if principal else "anonymous", "ok")
+            enforce_policy(request, route, target, principal)
         return await live.forwarder.forward(request, route, target, principal)
 
     if config.server.hsts:
@@ -248,6 +256,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_client_ctx)
     app.cleanup_ctx.append(_revocation_ctx)
+    app.cleanup_ctx.append(grants_ctx)
+    app.cleanup_ctx.append(clients_ctx)
     app.on_shutdown.append(_close_all_websockets)
     return app
 

@@ -50,6 +50,27 @@ def _parser() -> argparse.ArgumentParser:
     setpw = users.add_parser("set-password", parents=[common], help="set a new password (revokes all sessions)")
     setpw.add_argument("email")
     setpw.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    roles = users.add_parser("roles", parents=[common], help="change and print a user's roles (tokens from before a change are refused)")
+    roles.add_argument("email")
+    roles.add_argument("--add", action="append", default=[], metavar="ROLE", help="add a role (repeatable)")
+    roles.add_argument("--remove", action="append", default=[], metavar="ROLE", help="remove a role (repeatable)")
+    clients = sub.add_parser("clients", parents=[common], help="manage machine clients (client credentials)").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    cadd = clients.add_parser("add", parents=[common], help="create a client; prints its id and, once, its secret")
+    cadd.add_argument("name")
+    cadd.add_argument("--scope", action="append", default=[], metavar="SCOPE", help="a scope it may ask for (repeatable)")
+    clients.add_parser("list", parents=[common], help="list clients")
+    clients.add_parser("remove", parents=[common], help="remove a client; its tokens are refused within 1 s").add_argument("client_id")
+    check = sub.add_parser("check-policy", parents=[common], help="which rule decides a request (reads config and store only)")
+    check.add_argument("method")
+    check.add_argument("path")
+    caller = check.add_mutually_exclusive_group(required=True)
+    caller.add_argument("--email", help="as this user, with the roles the store holds")
+    caller.add_argument("--client", metavar="ID", help="as this machine client, with all of its scopes")
+    caller.add_argument("--anonymous", action="store_true", help="without a token")
+    check.add_argument("--ip", help="the client address (without it, no `networks` criterion matches)")
+    check.add_argument("--mfa", action="store_true", help="as a user who logged in with a second factor")
     sessions = sub.add_parser("sessions", parents=[common], help="view and revoke sessions").add_subparsers(
         dest="action", required=True, parser_class=_Parser
     )
@@ -212,6 +233,32 @@ async def _admin(cfg: Config, args: argparse.Namespace) -> int:
                 user = await service.get_user(args.email)
                 revoked = await service.set_password(user.email, _read_password(from_stdin=args.password_stdin))
                 print(f"password set for {user.email}; revoked {len(revoked)} session(s)")
+            elif args.action == "roles":
+                from gateway.roles import change_roles
+
+                user = await service.get_user(args.email)
+                if args.add or args.remove:
+                    user = await change_roles(store, user, add=args.add, remove=args.remove, now=service.clock())
+                for role in user.roles:
+                    print(role)
+        elif args.command == "clients":
+            from gateway.clients import ClientService, FailureThrottle
+
+            clients = ClientService(store=store, keys=service.keys, throttle=FailureThrottle(cfg.limits.login))
+            if args.action == "add":
+                client, secret = await clients.add(args.name, args.scope)
+                print(f"client_id: {client.id}\nclient_secret: {secret}")
+                print("the secret is shown only this once; store it now", file=sys.stderr)
+            elif args.action == "list":
+                for c in await clients.list():
+                    print(f"{c.id}\t{c.name}\t{' '.join(c.scopes)}\t{_iso(c.created_at)}")
+            else:
+                await clients.remove(args.client_id)
+                print(f"removed client {args.client_id}")
+        elif args.command == "check-policy":
+            from gateway.policy_check import check_policy
+
+            print("\n".join(await check_policy(cfg, store, service.keys, args)))
         elif args.command == "sessions":
             if args.action == "list":
                 user = await service.get_user(args.email)

@@ -2,6 +2,8 @@
 
 GatewayError
 ├── BadRequest (400 invalid_request)
+│   ├── UnsupportedGrantType (unsupported_grant_type)
+│   └── InvalidScope (invalid_scope)
 ├── RequestTimeout (408 request_timeout)
 ├── PayloadTooLarge (413 payload_too_large)
 ├── AuthError (401)
@@ -9,11 +11,14 @@ GatewayError
 │   ├── TokenInvalid (invalid_token)
 │   │   └── TokenExpired (invalid_token)
 │   ├── InvalidCredentials (invalid_credentials)
-│   └── RefreshMissing (missing_refresh_token)
+│   ├── RefreshMissing (missing_refresh_token)
+│   ├── InsufficientUserAuthentication (insufficient_user_authentication)
+│   └── InvalidClient (invalid_client, WWW-Authenticate: Basic)
 ├── Forbidden (403)
 │   ├── RefreshRejected (invalid_refresh_token)
 │   │   └── RefreshReused (refresh_token_reused)
-│   └── CsrfFailed (csrf_failed)
+│   ├── CsrfFailed (csrf_failed)
+│   └── InsufficientScope (insufficient_scope)
 ├── NoRoute (404 not_found)
 ├── MethodNotAllowed (405 method_not_allowed)
 ├── RateLimited (429 rate_limited)
@@ -37,6 +42,10 @@ __all__ = [
     "CsrfFailed",
     "Forbidden",
     "GatewayError",
+    "InsufficientScope",
+    "InsufficientUserAuthentication",
+    "InvalidClient",
+    "InvalidScope",
     "InvalidCredentials",
     "MethodNotAllowed",
     "NoRoute",
@@ -52,6 +61,7 @@ __all__ = [
     "TokenInvalid",
     "TokenMissing",
     "UpstreamError",
+    "UnsupportedGrantType",
     "UpstreamTimeout",
 ]
 
@@ -147,6 +157,46 @@ class CsrfFailed(Forbidden):
     """A cookie-authenticated unsafe request came without an allowed Origin or Referer."""
 
     code = "csrf_failed"
+
+
+# -- authorization ---------------------------------------------------------------------------------
+# `challenge` is the WWW-Authenticate value error_middleware sends with these.
+
+
+class InsufficientScope(Forbidden):
+    """Authenticated, but the route's policy refuses this caller (RFC 6750 3.1)."""
+
+    code = "insufficient_scope"
+    challenge = 'Bearer error="insufficient_scope"'
+
+
+class InsufficientUserAuthentication(AuthError):
+    """The route's policy admits this caller only after a second factor (RFC 9470)."""
+
+    code = "insufficient_user_authentication"
+    challenge = 'Bearer error="insufficient_user_authentication"'
+
+
+# -- machine clients (RFC 6749 5.2) -----------------------------------------------------------------
+
+
+class InvalidClient(AuthError):
+    """Unknown client, wrong secret, or no client authentication: one answer for all."""
+
+    code = "invalid_client"
+    challenge = 'Basic realm="gateway"'
+
+
+class UnsupportedGrantType(BadRequest):
+    """`grant_type` is not one this endpoint issues tokens for."""
+
+    code = "unsupported_grant_type"
+
+
+class InvalidScope(BadRequest):
+    """A requested scope is unknown or was not given to the client."""
+
+    code = "invalid_scope"
 
 
 class NoRoute(GatewayError):

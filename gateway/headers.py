@@ -56,6 +56,10 @@ class Identity:
     user_id: str
     email: str
     session_id: str
+    roles: tuple[str, ...] = ()
+    # A machine client (client credentials) carries its id and scopes instead of the user headers.
+    client_id: str = ""
+    scopes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +78,7 @@ class HeaderPolicy:
 
     def __init__(self, cfg: Config) -> None:
         ih = cfg.identity_headers
-        self._identity_names = (ih.user_id, ih.email, ih.session_id)
+        self._identity_names = ih.names()
         identity = frozenset(fold(n) for n in self._identity_names)
         # Lower-case names never copied from a client: the gateway sets them (or strips them) itself.
         self._strip = HOP_BY_HOP | _ALWAYS_SET | _FORWARDING_SET | identity
@@ -145,10 +149,15 @@ class HeaderPolicy:
         if preserve_host and facts.host:
             out.append(("Host", facts.host))
         if identity is not None:
-            uid, email, sid = self._identity_names
-            out.append((uid, encode_identity(identity.user_id)))
-            out.append((email, encode_identity(identity.email)))
-            out.append((sid, encode_identity(identity.session_id)))
+            uid, email, sid, roles, client_id, scopes = self._identity_names
+            if identity.client_id:
+                out.append((client_id, encode_identity(identity.client_id)))
+                out.append((scopes, encode_identity(" ".join(identity.scopes))))
+            else:
+                out.append((uid, encode_identity(identity.user_id)))
+                out.append((email, encode_identity(identity.email)))
+                out.append((sid, encode_identity(identity.session_id)))
+                out.append((roles, encode_identity(",".join(identity.roles))))
         return out
 
     def _filter_cookies(self, values: list[str]) -> str:

@@ -9,7 +9,9 @@ from collections.abc import Callable
 
 from aiohttp import ClientSession, web
 
+from gateway.clients import ClientService
 from gateway.config import Config
+from gateway.grants import StaleGrants
 from gateway.metrics import Metrics
 from gateway.revocations import RevokedSessions
 from gateway.sessions import SessionService
@@ -19,8 +21,10 @@ from gateway.upstream_pool import UpstreamPool
 
 __all__ = [
     "CLIENT",
+    "CLIENTS",
     "CLOCK",
     "CONFIG",
+    "GRANTS",
     "KEYRING",
     "LIVE_ROUTES",
     "PRINCIPAL",
@@ -46,6 +50,10 @@ METRICS = web.AppKey("metrics", Metrics)
 # The route table and forwarder, a mutable holder so SIGHUP can swap them while the app runs.
 LIVE_ROUTES = web.AppKey("live_routes", object)
 REVOKED = web.AppKey("revoked", RevokedSessions)
+# Subjects whose older access tokens are refused (roles changed, machine client removed).
+GRANTS = web.AppKey("grants", StaleGrants)
+# Machine clients (client credentials).
+CLIENTS = web.AppKey("clients", ClientService)
 # Open proxied WebSockets by session id, so a revocation can close them at once.
 WEBSOCKETS = web.AppKey("websockets", dict[str, set[web.WebSocketResponse]])
 # Keep-alive connections for plain HTTP forwarding (WebSockets use CLIENT).

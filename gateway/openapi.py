@@ -65,6 +65,62 @@ def _common_errors() -> dict[str, Any]:
     }
 
 
+# -- machine clients and route policies ------------------------------------------------------------
+
+_CLIENT_TOKEN = {
+    "type": "object",
+    "required": ["access_token", "token_type", "expires_in", "scope"],
+    "properties": {
+        "access_token": {"type": "string"},
+        "token_type": {"const": "Bearer"},
+        "expires_in": {"type": "integer", "minimum": 0},
+        "scope": {"type": "string", "description": "space-separated scopes granted"},
+    },
+}
+_POLICY_NOTE = (
+    " Proxied routes may carry an allow/deny policy: a refused caller gets 403 insufficient_scope with"
+    ' `WWW-Authenticate: Bearer error="insufficient_scope"`, an anonymous caller on an optional route whose'
+    " policy needs an identity 401 missing_token, and a caller who needs a second factor 401"
+    ' `WWW-Authenticate: Bearer error="insufficient_user_authentication"` (RFC 9470).'
+)
+
+
+def _client_paths(p: str) -> dict[str, Any]:
+    """`POST {prefix}/token`: OAuth 2.0 client credentials (RFC 6749 4.4), errors as RFC 6749 5.2."""
+    form = {
+        "type": "object",
+        "required": ["grant_type"],
+        "properties": {
+            "grant_type": {"const": "client_credentials"},
+            "scope": {"type": "string", "description": "space-separated; omitted: every scope of the client"},
+            "client_id": {"type": "string"},
+            "client_secret": {"type": "string"},
+        },
+    }
+    return {
+        f"{p}/token": {
+            "post": {
+                "summary": "Issue an access token to a machine client (client credentials)",
+                "security": [{"clientBasic": []}, {}],
+                "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": form}}},
+                "responses": {
+                    "200": {
+                        "description": "Token issued (never a refresh token)",
+                        "headers": {"Cache-Control": {"schema": {"const": "no-store"}, "required": True}},
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ClientToken"}}},
+                    },
+                    "400": _error("invalid_request, unsupported_grant_type or invalid_scope"),
+                    "401": _error("invalid_client", _WWW_AUTH),
+                    "405": _error("Method not allowed", {"Allow": {"schema": {"type": "string"}, "required": True}}),
+                    "408": _error("The body did not arrive in time"),
+                    "413": _error("The body is larger than 16 KiB"),
+                    "429": _error("Too many failed client authentications (rate_limited)", _RETRY),
+                },
+            }
+        }
+    }
+
+
 def openapi_document(cfg: Config) -> dict[str, Any]:
     """The document for this configuration (its auth prefix and cookie names)."""
     p = cfg.server.auth_prefix
@@ -88,8 +144,9 @@ def openapi_document(cfg: Config) -> dict[str, Any]:
     no_content = {"description": "Done; gateway cookies cleared"}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "authgateway", "version": __version__, "description": "The gateway's own endpoints."},
+        "info": {"title": "authgateway", "version": __version__, "description": "The gateway's own endpoints." + _POLICY_NOTE},
         "paths": {
+            **_client_paths(p),
             f"{p}/login": {
                 "post": {
                     "summary": "Log in with email and password",
@@ -179,10 +236,11 @@ def openapi_document(cfg: Config) -> dict[str, Any]:
             },
         },
         "components": {
-            "schemas": {"Error": _ERROR, "Tokens": _TOKENS, "Session": _SESSION},
+            "schemas": {"Error": _ERROR, "Tokens": _TOKENS, "Session": _SESSION, "ClientToken": _CLIENT_TOKEN},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                 "accessCookie": {"type": "apiKey", "in": "cookie", "name": cfg.cookies.access_name},
+                "clientBasic": {"type": "http", "scheme": "basic", "description": "client_id:client_secret, each form-urlencoded first"},
             },
         },
     }

@@ -87,7 +87,14 @@ class Forwarder:
             host=request.headers.get("Host", ""),
             request_id=request[REQUEST_ID],
         )
-        identity = None if principal is None else Identity(principal.sub, principal.email, principal.sid)
+        identity = (
+            None
+            if principal is None
+            else Identity(
+                principal.sub, principal.email, principal.sid, principal.roles,
+                client_id=principal.client_id, scopes=principal.scopes,
+            )
+        )  # fmt: skip
         return CIMultiDict(
             self._headers.upstream_headers(
                 request.headers.items(), facts, identity,

@@ -12,7 +12,7 @@ import json
 import secrets
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 _TYP = "at+jwt"
-_REQUIRED = ["exp", "iat", "sub", "jti", "sid", "iss", "aud"]
+_REQUIRED = ["exp", "iat", "sub", "jti", "iss", "aud"]  # and `sid`, except in a machine client's token
 # A verified token is cached by its exact text, so a forged token can never hit an entry.
 _CACHE_MAX = 10_000
 
@@ -49,6 +49,14 @@ class Principal:
     # federated login, the identity provider's name.
     amr: tuple[str, ...] = ()
     idp: str = ""
+    # Authorization: the user's roles (sorted) and their version when the token was issued (see grants.py).
+    roles: tuple[str, ...] = ()
+    rv: int = 0
+    # A machine client's token (RFC 9068): its id (then also `sub`) and granted scopes; "" and () for users.
+    client_id: str = ""
+    scopes: tuple[str, ...] = ()
+    # Every verified claim, for policies that match on claims; not compared, not printed.
+    claims: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +205,8 @@ class KeyRing:
         not_after: float | None = None,
         amr: tuple[str, ...] = ("pwd",),
         idp: str = "",
+        roles: tuple[str, ...] = (),
+        rv: int = 0,
     ) -> tuple[str, int]:
         """A signed access token and its lifetime in seconds; `exp` never passes `not_after`."""
         iat = int(now)
@@ -213,9 +223,29 @@ class KeyRing:
             "exp": exp,
             "email": email,
             "amr": list(amr),
+            "roles": sorted(roles),
+            "rv": rv,
         }
         if idp:
             claims["idp"] = idp
+        token = jwt.encode(claims, self._current.sign, algorithm=self.algorithm, headers={"kid": self._current.kid, "typ": _TYP})
+        return token, exp - iat
+
+    def issue_client_token(self, *, client_id: str, scopes: tuple[str, ...], now: float) -> tuple[str, int]:
+        """A machine client's access token (RFC 9068): `sub` and `client_id` are the client, `scope`
+        is space-separated; no session, no email, no refresh token."""
+        iat = int(now)
+        exp = iat + int(self.cfg.access_ttl.total_seconds())
+        claims = {
+            "iss": self.cfg.issuer,
+            "aud": self.cfg.audience,
+            "sub": client_id,
+            "client_id": client_id,
+            "scope": " ".join(scopes),
+            "jti": uuid.uuid4().hex,
+            "iat": iat,
+            "exp": exp,
+        }
         token = jwt.encode(claims, self._current.sign, algorithm=self.algorithm, headers={"kid": self._current.kid, "typ": _TYP})
         return token, exp - iat
 
@@ -271,14 +301,31 @@ class KeyRing:
         except jwt.InvalidTokenError as exc:
             raise TokenInvalid("the access token is invalid") from exc
         exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf", 0)
+        client_id, scope = claims.get("client_id", ""), claims.get("scope", "")
+        if not isinstance(client_id, str) or not isinstance(scope, str):
+            raise TokenInvalid("the access token has malformed client_id or scope claims")
+        if client_id:
+            # RFC 9068 2.2: with no resource owner, `sub` is the client; a token naming both is not ours.
+            if claims.get("sub") != client_id or "sid" in claims or "email" in claims:
+                raise TokenInvalid("the access token mixes a client with a user")
+            claims.setdefault("sid", "")
+        elif "sid" not in claims:
+            raise TokenInvalid("the access token lacks the sid claim")
         sub, sid, jti, email = claims.get("sub"), claims.get("sid"), claims.get("jti"), claims.get("email", "")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (exp, iat, nbf)):
             raise TokenInvalid("the access token has non-integer times")
-        if not all(isinstance(v, str) and v for v in (sub, sid, jti)) or not isinstance(email, str):
+        if not all(isinstance(v, str) and v for v in (sub, jti)) or not isinstance(email, str):
+            raise TokenInvalid("the access token has malformed claims")
+        if not isinstance(sid, str) or not (sid or client_id):
             raise TokenInvalid("the access token has malformed claims")
         amr, idp = claims.get("amr", []), claims.get("idp", "")
         if not isinstance(amr, list) or not all(isinstance(m, str) for m in amr) or not isinstance(idp, str):
             raise TokenInvalid("the access token has malformed amr or idp claims")
+        roles, rv = claims.get("roles", []), claims.get("rv", 0)
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise TokenInvalid("the access token has a malformed roles claim")
+        if not isinstance(rv, int) or isinstance(rv, bool):
+            raise TokenInvalid("the access token has a malformed rv claim")
         if now is not None:
             # RFC 7519 4.1.4: a token MUST NOT be accepted "on or after" exp, so now == exp (+ leeway) is expired.
             if now >= exp + self._leeway:
@@ -287,4 +334,7 @@ class KeyRing:
                 raise TokenInvalid("the access token is not valid yet")
             if now + self._leeway < iat:
                 raise TokenInvalid("the access token was issued in the future")
-        return Principal(sub=sub, sid=sid, email=email, jti=jti, exp=exp, amr=tuple(amr), idp=idp)  # type: ignore[arg-type]
+        return Principal(
+            sub=sub, sid=sid, email=email, jti=jti, exp=exp, amr=tuple(amr), idp=idp,  # type: ignore[arg-type]
+            roles=tuple(sorted(roles)), rv=rv, client_id=client_id, scopes=tuple(scope.split()), claims=claims,
+        )  # fmt: skip

@@ -25,6 +25,11 @@ PURE = [
     "gateway.headers",
     "gateway.upstream_pool",
     "gateway.upstream_wire",
+    "gateway.grants",
+    "gateway.roles",
+    "gateway.policy",
+    "gateway.clients",
+    "gateway.policy_check",
 ]
 
 

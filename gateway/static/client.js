@@ -47,6 +47,7 @@ export function createAuthClient({ prefix = '/auth', fetchImpl } = {}) {
   function setToken(token, { broadcast = true } = {}) {
     accessToken = token;
     generation += 1;
+    emit('token', { claims: claimsOf(token) });
     const waiters = tokenWaiters;
     tokenWaiters = [];
     waiters.forEach((wake) => wake());
@@ -138,6 +139,7 @@ export function createAuthClient({ prefix = '/auth', fetchImpl } = {}) {
     const seen = generation;
     const res = await doFetch(input, withBearer(init, accessToken));
     if (res.status !== 401) return res;
+    emit('unauthorized', { url: String(input), challenge: res.headers.get('WWW-Authenticate') || '' });
     // Someone refreshed while this call was out: retry with that token instead of refreshing again.
     if (generation !== seen && accessToken) return doFetch(input, withBearer(init, accessToken));
     try {
@@ -194,6 +196,22 @@ export function createAuthClient({ prefix = '/auth', fetchImpl } = {}) {
     return ws;
   }
 
+  // -- token lifecycle for display (authorization, issue 11) ------------------------------------
+  // Events: 'token' {claims} whenever the access token changes (claims null when logged out),
+  // 'unauthorized' {url, challenge} on each 401 an API call gets, then the existing 'refreshing'
+  // and 'refreshed' of the refresh (each rotates the refresh token). `claims` is the current
+  // token's payload, read for display only: the gateway verifies it, this client never trusts it.
+  function claimsOf(token) {
+    if (!token) return null;
+    try {
+      const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      const json = decodeURIComponent(Array.from(atob(part), (c) => `%${c.charCodeAt(0).toString(16).padStart(2, '0')}`).join(''));
+      return JSON.parse(json);
+    } catch (_) {
+      return null;
+    }
+  }
+
   return {
     fetch: authFetch,
     websocket,
@@ -204,6 +222,7 @@ export function createAuthClient({ prefix = '/auth', fetchImpl } = {}) {
     revokeSession,
     refresh,
     get authenticated() { return accessToken !== null; },
+    get claims() { return claimsOf(accessToken); },
     addEventListener: events.addEventListener.bind(events),
     removeEventListener: events.removeEventListener.bind(events),
   };
