@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from gateway.config import Rate
 from gateway.errors import Conflict
-from gateway.store import Admit, SessionRecord, Store, UserRecord
+from gateway.store import SessionRecord, Store, UserRecord
 
 __all__ = ["StoreContract"]
 
@@ -63,7 +64,7 @@ async def _session(
     return record, token_hash
 
 
-async def _rotate(store: Store, token_hash: str, successor_hash: str, *, now: float, admit: Admit | None = None) -> Any:
+async def _rotate(store: Store, token_hash: str, successor_hash: str, *, now: float, limit: Rate | None = None) -> Any:
     return await store.rotate(
         token_hash=token_hash,
         successor_hash=successor_hash,
@@ -71,20 +72,8 @@ async def _rotate(store: Store, token_hash: str, successor_hash: str, *, now: fl
         grace_s=GRACE,
         remember_ttl_s=REMEMBER_TTL,
         session_ttl_s=SESSION_TTL,
-        admit=admit,
+        limit=limit,
     )
-
-
-class _Admit:
-    """An `admit` callback that answers `wait` and records the session ids it was asked about."""
-
-    def __init__(self, wait: int) -> None:
-        self.wait = wait
-        self.asked: list[str] = []
-
-    def __call__(self, session_id: str) -> int:
-        self.asked.append(session_id)
-        return self.wait
 
 
 class StoreContract:
@@ -327,57 +316,111 @@ class StoreContract:
         assert stored is not None and stored.revoked_at is None
         assert (await _rotate(store, second, _hash("third"), now=T0 + 2)).kind == "rotated"
 
-    async def test_rotate_admit_zero_rotates_and_is_asked_once_with_session_id(self, store: Store) -> None:
+    async def test_rotate_limit_allows_count_then_limited_and_changes_nothing(self, store: Store) -> None:
         user = await _user(store)
-        record, first = await _session(store, user)
-        admit = _Admit(0)
-        assert (await _rotate(store, first, _hash("second"), now=T0 + 1, admit=admit)).kind == "rotated"
-        assert admit.asked == [record.id]
-
-    async def test_rotate_admit_refusal_is_limited_and_changes_nothing(self, store: Store) -> None:
-        user = await _user(store)
-        record, first = await _session(store, user)
-        second = _hash("second")
-        admit = _Admit(7)
-        out = await _rotate(store, first, second, now=T0 + 1, admit=admit)
-        assert out.kind == "limited" and out.retry_after == 7
+        record, token = await _session(store, user)
+        rate = Rate(count=2, period_s=60)
+        for i in range(2):
+            nxt = _hash(f"n{i}")
+            assert (await _rotate(store, token, nxt, now=T0 + 1, limit=rate)).kind == "rotated"
+            token = nxt
+        before = await store.find_session(session_id=record.id)
+        refused = _hash("refused")
+        out = await _rotate(store, token, refused, now=T0 + 1, limit=rate)
+        assert out.kind == "limited" and 1 <= out.retry_after <= 30
         assert out.session.id == record.id and out.user.id == user.id
-        assert admit.asked == [record.id]
-        assert await store.find_session(session_id=record.id) == record
-        assert await store.find_session(token_hash=second) is None
-        # the refused token is still current: later it rotates, not "reused"
-        assert (await _rotate(store, first, second, now=T0 + 2)).kind == "rotated"
+        assert await store.find_session(session_id=record.id) == before
+        assert await store.find_session(token_hash=refused) is None
+        # the refused token is still current: once the limit allows, it rotates, not "reused"
+        assert (await _rotate(store, token, refused, now=T0 + 31, limit=rate)).kind == "rotated"
 
-    async def test_rotate_admit_refusal_of_old_token_does_not_revoke(self, store: Store) -> None:
+    async def test_rotate_limit_is_per_session(self, store: Store) -> None:
+        user = await _user(store)
+        _, first = await _session(store, user)
+        _, other = await _session(store, user)
+        rate = Rate(count=1, period_s=60)
+        assert (await _rotate(store, first, _hash("a"), now=T0 + 1, limit=rate)).kind == "rotated"
+        assert (await _rotate(store, other, _hash("b"), now=T0 + 1, limit=rate)).kind == "rotated"
+
+    async def test_rotate_limit_refusal_of_old_token_does_not_revoke(self, store: Store) -> None:
         user = await _user(store)
         record, first = await _session(store, user)
-        await _rotate(store, first, _hash("second"), now=T0 + 1)
-        out = await _rotate(store, first, _hash("forged"), now=T0 + 2, admit=_Admit(3))
+        rate = Rate(count=1, period_s=60)
+        await _rotate(store, first, _hash("second"), now=T0 + 1, limit=rate)
+        out = await _rotate(store, first, _hash("forged"), now=T0 + 2, limit=rate)
         assert out.kind == "limited"
         stored = await store.find_session(session_id=record.id)
         assert stored is not None and stored.revoked_at is None
         assert await store.revocations_since(0) == []
 
-    async def test_rotate_admit_asked_before_other_checks_but_not_for_unknown(self, store: Store) -> None:
+    async def test_rotate_limit_counts_before_other_checks_but_not_for_unknown(self, store: Store) -> None:
         user = await _user(store)
         record, first = await _session(store, user)
         await store.revoke(now=T0 + 1, reason="logout", session_id=record.id)
-        admit = _Admit(5)
-        assert (await _rotate(store, first, _hash("x"), now=T0 + 2, admit=admit)).kind == "limited"
-        assert admit.asked == [record.id]
-        assert (await _rotate(store, first, _hash("x"), now=T0 + 2, admit=_Admit(0))).kind == "invalid"
-        unknown = _Admit(5)
-        out = await _rotate(store, _hash("unknown"), _hash("x"), now=T0 + 2, admit=unknown)
-        assert out.kind == "invalid" and unknown.asked == []
+        rate = Rate(count=1, period_s=60)
+        assert (await _rotate(store, first, _hash("x"), now=T0 + 2, limit=rate)).kind == "invalid"
+        assert (await _rotate(store, first, _hash("x"), now=T0 + 2, limit=rate)).kind == "limited"
+        for _ in range(3):
+            assert (await _rotate(store, _hash("unknown"), _hash("x"), now=T0 + 2, limit=rate)).kind == "invalid"
 
-    async def test_rotate_50_concurrent_with_admit_each_asked_once(self, store: Store) -> None:
+    async def test_rotate_50_concurrent_with_limit_one_rotated_rest_twins_or_limited(self, store: Store) -> None:
         user = await _user(store)
         _, first = await _session(store, user)
         second = _hash("second")
-        admit = _Admit(0)
-        outcomes = await asyncio.gather(*(_rotate(store, first, second, now=T0 + 1, admit=admit) for _ in range(50)))
-        assert sorted(o.kind for o in outcomes) == ["rotated"] + ["twin"] * 49
-        assert len(admit.asked) == 50
+        rate = Rate(count=10, period_s=60)
+        outcomes = await asyncio.gather(*(_rotate(store, first, second, now=T0 + 1, limit=rate) for _ in range(50)))
+        assert sorted(o.kind for o in outcomes) == ["limited"] * 40 + ["rotated"] + ["twin"] * 9
+
+    # -- shared rate limits --------------------------------------------------------------------
+
+    async def test_take_limit_allows_count_at_once_then_waits_one_interval(self, store: Store) -> None:
+        rate = Rate(count=3, period_s=60)
+        assert [await store.take_limit(["k"], rate=rate, now=T0) for _ in range(3)] == [0, 0, 0]
+        wait = await store.take_limit(["k"], rate=rate, now=T0)
+        assert wait == 20
+        assert await store.take_limit(["k"], rate=rate, now=T0 + 19) > 0
+        assert await store.take_limit(["k"], rate=rate, now=T0 + 20) == 0
+        assert await store.take_limit(["k"], rate=rate, now=T0 + 20) > 0
+
+    async def test_take_limit_keys_are_independent(self, store: Store) -> None:
+        rate = Rate(count=1, period_s=60)
+        assert await store.take_limit(["a"], rate=rate, now=T0) == 0
+        assert await store.take_limit(["b"], rate=rate, now=T0) == 0
+        assert await store.take_limit(["a"], rate=rate, now=T0) > 0
+
+    async def test_take_limit_refused_on_one_key_takes_nothing_from_the_others(self, store: Store) -> None:
+        rate = Rate(count=2, period_s=60)
+        assert await store.take_limit(["ip", "email"], rate=rate, now=T0) == 0
+        assert await store.take_limit(["email"], rate=rate, now=T0) == 0
+        assert await store.take_limit(["ip", "email"], rate=rate, now=T0) > 0  # email is spent
+        assert await store.take_limit(["ip"], rate=rate, now=T0) == 0  # ip still had one left
+
+    async def test_take_limit_after_a_full_period_allows_count_again(self, store: Store) -> None:
+        rate = Rate(count=2, period_s=60)
+        for _ in range(2):
+            assert await store.take_limit(["k"], rate=rate, now=T0) == 0
+        assert await store.take_limit(["k"], rate=rate, now=T0 + 60) == 0
+        assert await store.take_limit(["k"], rate=rate, now=T0 + 60) == 0
+        assert await store.take_limit(["k"], rate=rate, now=T0 + 60) > 0
+
+    async def test_give_back_limit_returns_one_hit(self, store: Store) -> None:
+        rate = Rate(count=1, period_s=60)
+        assert await store.take_limit(["a", "b"], rate=rate, now=T0) == 0
+        await store.give_back_limit(["a", "b"], rate=rate)
+        assert await store.take_limit(["a", "b"], rate=rate, now=T0) == 0
+        assert await store.take_limit(["a"], rate=rate, now=T0) > 0
+        await store.give_back_limit(["never-seen"], rate=rate)
+
+    async def test_take_limit_100_concurrent_allow_exactly_count(self, store: Store) -> None:
+        rate = Rate(count=7, period_s=3600)
+        waits = await asyncio.gather(*(store.take_limit(["ip:x", "email:y"], rate=rate, now=T0) for _ in range(100)))
+        assert waits.count(0) == 7
+
+    async def test_prune_forgets_limits_in_the_past(self, store: Store) -> None:
+        rate = Rate(count=1, period_s=60)
+        assert await store.take_limit(["k"], rate=rate, now=T0) == 0
+        await store.prune(now=T0 + 61, revocations_before=T0)
+        assert await store.take_limit(["k"], rate=rate, now=T0) == 0
 
     # -- revoke and listing --------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ PURE = [
     "gateway.log",
     "gateway.tokens",
     "gateway.paths",
-    "gateway.limits",
     "gateway.revocations",
     "gateway.store",
     "gateway.store.sqlite",

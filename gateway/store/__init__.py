@@ -6,19 +6,22 @@ or hold a token in plaintext (the store sees refresh-token hashes only).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from gateway.config import StoreConfig
+from gateway.config import Rate, StoreConfig
 
 __all__ = [
-    "Admit",
+    "GCRA_SLACK",
     "RevocationEvent",
     "RotateOutcome",
     "SessionRecord",
     "Store",
     "UserRecord",
+    "gcra_interval",
+    "gcra_wait",
     "open_store",
 ]
 
@@ -52,9 +55,24 @@ class SessionRecord:
     revoked_reason: str | None = None
 
 
-# Called with the session id of a known token before `rotate` changes anything; returns 0 to go on,
-# else the whole seconds the caller must wait. Backends may call it on their own thread (see rotate).
-Admit = Callable[[str], int]
+# -- shared rate limits (issue 12) ----------------------------------------------------------------
+# Every backend counts limits with GCRA (the generic cell rate algorithm) on one row per key holding
+# the "theoretical arrival time" `tat`: a hit at `now` is allowed when max(tat, now) + interval - now
+# <= period, and then moves tat by one interval. That is one upsert statement per key, so a check is
+# one round trip and every process sharing the store sees the same count. `count` hits may come at
+# once; after that one per `period / count` (a rate, as `10/minute` reads, with a burst of `count`).
+# Float slack, so that `count` hits at one instant are not refused by a rounding error.
+GCRA_SLACK = 1e-6
+
+
+def gcra_interval(rate: Rate) -> float:
+    """Seconds one hit takes out of the allowance."""
+    return rate.period_s / rate.count
+
+
+def gcra_wait(tat: float, *, rate: Rate, now: float) -> int:
+    """Whole seconds until a refused key (row time `tat`) allows one more hit; at least 1."""
+    return max(1, math.ceil(max(tat, now) + gcra_interval(rate) - rate.period_s - now))
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +82,7 @@ class RotateOutcome:
     `rotated`: the token was current and is now dead; `twin`: it was rotated within the grace window
     and its successor is still current, so the caller answers with that same successor; `reused`: an
     old token came back, the session is now revoked; `invalid`: unknown, expired, revoked or disabled;
-    `limited`: `admit` refused the session (nothing changed), wait `retry_after` seconds.
+    `limited`: the session's refresh limit refused it (nothing changed), wait `retry_after` seconds.
     """
 
     kind: Literal["rotated", "twin", "reused", "invalid", "limited"]
@@ -112,13 +130,13 @@ class Store(Protocol):
         grace_s: float,
         remember_ttl_s: float,
         session_ttl_s: float,
-        admit: Admit | None = None,
+        limit: Rate | None = None,
     ) -> RotateOutcome:
         """Atomically rotates `token_hash` to `successor_hash` (see RotateOutcome for the cases).
 
-        When the token is known (in any state), `admit(session_id)` is called exactly once, inside the
-        operation and before any other check or change; a non-zero answer ends it as `limited`. It may
-        run on a backend's own thread, one call at a time, so it must not touch the event loop.
+        With `limit`, a known token (in any state) takes one hit from the limit of key
+        `refresh:<session id>` inside the same operation, before any other check or change; a refusal
+        ends it as `limited`. So a limited refresh is still one store call.
         """
 
     async def find_session(self, *, token_hash: str | None = None, session_id: str | None = None) -> SessionRecord | None:
@@ -140,6 +158,14 @@ class Store(Protocol):
 
     async def prune(self, *, now: float, revocations_before: float) -> int:
         """Deletes sessions past their absolute expiry and older revocation entries; returns the sessions deleted."""
+
+    # -- shared rate limits (issue 12) ------------------------------------------------------------
+
+    async def take_limit(self, keys: Sequence[str], *, rate: Rate, now: float) -> int:
+        """One hit on each (distinct) key if every one of them allows it, else none; 0 or the seconds to wait."""
+
+    async def give_back_limit(self, keys: Sequence[str], *, rate: Rate) -> None:
+        """Returns one hit to each key (a reserved attempt that turned out not to count)."""
 
     async def ping(self) -> None:
         """Raises StoreUnavailable when the store cannot answer."""
