@@ -2,6 +2,7 @@
 
 GatewayError
 ├── BadRequest (400 invalid_request)
+│   └── InvalidEmailToken (invalid_email_token)
 ├── RequestTimeout (408 request_timeout)
 ├── PayloadTooLarge (413 payload_too_large)
 ├── AuthError (401)
@@ -13,7 +14,9 @@ GatewayError
 ├── Forbidden (403)
 │   ├── RefreshRejected (invalid_refresh_token)
 │   │   └── RefreshReused (refresh_token_reused)
-│   └── CsrfFailed (csrf_failed)
+│   ├── CsrfFailed (csrf_failed)
+│   ├── EmailNotVerified (email_not_verified)
+│   └── WrongCurrentPassword (invalid_credentials)
 ├── NoRoute (404 not_found)
 ├── MethodNotAllowed (405 method_not_allowed)
 ├── RateLimited (429 rate_limited)
@@ -35,9 +38,11 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "CsrfFailed",
+    "EmailNotVerified",
     "Forbidden",
     "GatewayError",
     "InvalidCredentials",
+    "InvalidEmailToken",
     "MethodNotAllowed",
     "NoRoute",
     "PayloadTooLarge",
@@ -53,6 +58,7 @@ __all__ = [
     "TokenMissing",
     "UpstreamError",
     "UpstreamTimeout",
+    "WrongCurrentPassword",
 ]
 
 
@@ -211,6 +217,27 @@ class Conflict(StoreError):
 
     status = 409
     code = "conflict"
+
+
+# -- accounts (issue 12) ---------------------------------------------------------------------------
+
+
+class InvalidEmailToken(BadRequest):
+    """A verification or reset token that is unknown, used, voided by a newer one, or expired."""
+
+    code = "invalid_email_token"
+
+
+class EmailNotVerified(Forbidden):
+    """The password was right but the address is not verified yet (`accounts.require_verified_email`)."""
+
+    code = "email_not_verified"
+
+
+class WrongCurrentPassword(Forbidden):
+    """A password change whose `current_password` is wrong (403: the caller is authenticated)."""
+
+    code = "invalid_credentials"
 
 
 class ConfigError(Exception):

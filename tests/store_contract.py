@@ -14,7 +14,7 @@ import pytest
 
 from gateway.config import Rate
 from gateway.errors import Conflict
-from gateway.store import SessionRecord, Store, UserRecord
+from gateway.store import EmailToken, NewMail, SessionRecord, Store, UserRecord
 
 __all__ = ["StoreContract"]
 
@@ -74,6 +74,10 @@ async def _rotate(store: Store, token_hash: str, successor_hash: str, *, now: fl
         session_ttl_s=SESSION_TTL,
         limit=limit,
     )
+
+
+def _mail(recipient: str) -> NewMail:
+    return NewMail(sender="gw@example.com", recipient=recipient, message=f"To: {recipient}\r\n\r\nhello {uuid.uuid4()}\r\n")
 
 
 class StoreContract:
@@ -523,3 +527,139 @@ class StoreContract:
 
     async def test_ping_answers(self, store: Store) -> None:
         await store.ping()
+
+    # -- accounts and the mail outbox (issue 12) -----------------------------------------------
+
+    async def test_signup_user_is_unverified_with_token_and_mail(self, store: Store) -> None:
+        created = await store.signup_user(
+            user_id="u-s", email="New@Example.com", email_key="new@example.com", password_hash="h", now=T0,
+            token=EmailToken(_hash("v"), "verify", T0 + 100), mail=_mail("new@example.com"),
+        )  # fmt: skip
+        assert created is True
+        user = await store.get_user(email_key="new@example.com")
+        assert user is not None and user.email == "New@Example.com"
+        assert await store.unverified_user_ids() == {"u-s"}
+        claimed = await store.claim_mail(now=T0, lease_s=60, limit=10)
+        assert [(m.recipient, m.attempts) for m in claimed] == [("new@example.com", 1)]
+
+    async def test_signup_user_existing_email_writes_nothing(self, store: Store) -> None:
+        existing = await _user(store, "taken@example.com")
+        created = await store.signup_user(
+            user_id="u-x", email="taken@example.com", email_key="taken@example.com", password_hash="h", now=T0,
+            token=EmailToken(_hash("v"), "verify", T0 + 100), mail=_mail("taken@example.com"),
+        )  # fmt: skip
+        assert created is False
+        assert await store.get_user(email_key="taken@example.com") == existing
+        assert await store.unverified_user_ids() == set()
+        assert await store.claim_mail(now=T0, lease_s=60, limit=10) == []
+
+    async def test_users_made_by_create_user_are_verified(self, store: Store) -> None:
+        await _user(store)
+        assert await store.unverified_user_ids() == set()
+
+    async def test_redeem_verify_token_once_verifies(self, store: Store) -> None:
+        token = _hash("v")
+        await store.signup_user(
+            user_id="u-v", email="v@example.com", email_key="v@example.com", password_hash="h", now=T0,
+            token=EmailToken(token, "verify", T0 + 100), mail=_mail("v@example.com"),
+        )  # fmt: skip
+        assert await store.redeem_email_token(token, kind="reset", now=T0 + 1) is None  # wrong kind
+        assert await store.redeem_email_token(token, kind="verify", now=T0 + 1) == ("u-v", [])
+        assert await store.unverified_user_ids() == set()
+        assert await store.redeem_email_token(token, kind="verify", now=T0 + 2) is None
+
+    async def test_redeem_expired_token_is_none(self, store: Store) -> None:
+        user = await _user(store)
+        token = _hash("r")
+        await store.issue_email_token(user.id, token=EmailToken(token, "reset", T0 + 10), mail=_mail(user.email), now=T0)
+        assert await store.redeem_email_token(token, kind="reset", now=T0 + 10, password_hash="new") is None
+
+    async def test_newer_token_voids_older_of_same_kind_only(self, store: Store) -> None:
+        user = await _user(store)
+        old_reset, new_reset, verify = _hash("r1"), _hash("r2"), _hash("v")
+        await store.issue_email_token(user.id, token=EmailToken(old_reset, "reset", T0 + 99), mail=_mail(user.email), now=T0)
+        await store.issue_email_token(user.id, token=EmailToken(verify, "verify", T0 + 99), mail=_mail(user.email), now=T0)
+        await store.issue_email_token(user.id, token=EmailToken(new_reset, "reset", T0 + 99), mail=_mail(user.email), now=T0)
+        assert await store.redeem_email_token(old_reset, kind="reset", now=T0 + 1, password_hash="x") is None
+        assert await store.redeem_email_token(verify, kind="verify", now=T0 + 1) == (user.id, [])
+        out = await store.redeem_email_token(new_reset, kind="reset", now=T0 + 1, password_hash="x")
+        assert out is not None and out[0] == user.id
+
+    async def test_redeem_reset_sets_password_and_revokes_every_session(self, store: Store) -> None:
+        user = await _user(store)
+        one, _ = await _session(store, user)
+        two, _ = await _session(store, user)
+        token = _hash("r")
+        await store.issue_email_token(user.id, token=EmailToken(token, "reset", T0 + 99), mail=_mail(user.email), now=T0)
+        out = await store.redeem_email_token(token, kind="reset", now=T0 + 1, password_hash="new-hash")
+        assert out is not None and sorted(out[1]) == sorted([one.id, two.id])
+        stored = await store.get_user(user_id=user.id)
+        assert stored is not None and stored.password_hash == "new-hash"
+        assert {e.session_id for e in await store.revocations_since(0)} == {one.id, two.id}
+
+    async def test_redeem_token_of_disabled_user_is_none(self, store: Store) -> None:
+        user = await _user(store)
+        token = _hash("r")
+        await store.issue_email_token(user.id, token=EmailToken(token, "reset", T0 + 99), mail=_mail(user.email), now=T0)
+        await store.update_user(user.id, now=T0, disabled=True)
+        assert await store.redeem_email_token(token, kind="reset", now=T0 + 1, password_hash="x") is None
+        stored = await store.get_user(user_id=user.id)
+        assert stored is not None and stored.password_hash == "argon2-hash"
+
+    async def test_redeem_20_concurrent_same_token_one_wins(self, store: Store) -> None:
+        user = await _user(store)
+        token = _hash("r")
+        await store.issue_email_token(user.id, token=EmailToken(token, "reset", T0 + 99), mail=_mail(user.email), now=T0)
+        outs = await asyncio.gather(
+            *(store.redeem_email_token(token, kind="reset", now=T0 + 1, password_hash=f"h{i}") for i in range(20))
+        )
+        assert sum(o is not None for o in outs) == 1
+
+    async def test_set_email_verified(self, store: Store) -> None:
+        await store.signup_user(
+            user_id="u-m", email="m@example.com", email_key="m@example.com", password_hash="h", now=T0,
+            token=EmailToken(_hash("v"), "verify", T0 + 100), mail=_mail("m@example.com"),
+        )  # fmt: skip
+        await store.set_email_verified("u-m", now=T0 + 1)
+        assert await store.unverified_user_ids() == set()
+
+    async def test_change_password_keeps_one_session_revokes_others(self, store: Store) -> None:
+        user = await _user(store)
+        keep, _ = await _session(store, user)
+        other, _ = await _session(store, user)
+        revoked = await store.change_password(user.id, password_hash="new", now=T0 + 1, keep_session_id=keep.id)
+        assert revoked == [other.id]
+        assert [s.id for s in await store.list_sessions(user.id, now=T0 + 1)] == [keep.id]
+        stored = await store.get_user(user_id=user.id)
+        assert stored is not None and stored.password_hash == "new"
+
+    async def test_claim_mail_leases_each_mail_once_until_the_lease_expires(self, store: Store) -> None:
+        for i in range(3):
+            await store.enqueue_mail(_mail(f"r{i}@example.com"), now=T0)
+        first = await store.claim_mail(now=T0, lease_s=60, limit=2)
+        second = await store.claim_mail(now=T0 + 1, lease_s=60, limit=10)
+        assert [m.recipient for m in first] == ["r0@example.com", "r1@example.com"]
+        assert [m.recipient for m in second] == ["r2@example.com"]
+        assert await store.claim_mail(now=T0 + 59, lease_s=60, limit=10) == []
+        await store.mail_sent(first[0].id, now=T0 + 2)
+        again = await store.claim_mail(now=T0 + 61, lease_s=60, limit=10)  # leases of 2 and 3 ran out
+        assert [(m.recipient, m.attempts) for m in again] == [("r1@example.com", 2), ("r2@example.com", 2)]
+
+    async def test_claim_mail_concurrent_claims_never_share_a_mail(self, store: Store) -> None:
+        for i in range(30):
+            await store.enqueue_mail(_mail(f"c{i}@example.com"), now=T0)
+        batches = await asyncio.gather(*(store.claim_mail(now=T0, lease_s=60, limit=4) for _ in range(12)))
+        ids = [m.id for batch in batches for m in batch]
+        assert len(ids) == len(set(ids)) == 30
+
+    async def test_mail_failed_retries_from_retry_at_or_never(self, store: Store) -> None:
+        await store.enqueue_mail(_mail("a@example.com"), now=T0)
+        await store.enqueue_mail(_mail("b@example.com"), now=T0)
+        a, b = await store.claim_mail(now=T0, lease_s=60, limit=10)
+        await store.mail_failed(a.id, now=T0 + 1, retry_at=T0 + 30, error="connection refused")
+        await store.mail_failed(b.id, now=T0 + 1, retry_at=None, error="550 no such user")
+        assert await store.claim_mail(now=T0 + 29, lease_s=60, limit=10) == []
+        retried = await store.claim_mail(now=T0 + 30, lease_s=60, limit=10)
+        assert [(m.recipient, m.attempts, m.message) for m in retried] == [("a@example.com", 2, a.message)]
+        await store.mail_sent(a.id, now=T0 + 31)
+        assert await store.claim_mail(now=T0 + 9999, lease_s=60, limit=10) == []  # b gave up, a is sent

@@ -15,6 +15,9 @@ from gateway.config import Rate, StoreConfig
 
 __all__ = [
     "GCRA_SLACK",
+    "EmailToken",
+    "NewMail",
+    "OutboxMail",
     "RevocationEvent",
     "RotateOutcome",
     "SessionRecord",
@@ -101,6 +104,38 @@ class RevocationEvent:
     revoked_at: float
 
 
+# -- accounts and the mail outbox (issue 12) -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EmailToken:
+    """A verification or reset token to store: only its hash, its kind and when it expires."""
+
+    token_hash: str
+    kind: Literal["verify", "reset"]
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewMail:
+    """A rendered mail for the outbox: envelope sender and recipient, and the whole RFC 5322 text."""
+
+    sender: str
+    recipient: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMail:
+    """A mail claimed from the outbox; `attempts` counts this one."""
+
+    id: int
+    sender: str
+    recipient: str
+    message: str
+    attempts: int
+
+
 class Store(Protocol):
     """Users, sessions with their refresh-token hashes, and an ordered log of revocations."""
 
@@ -166,6 +201,46 @@ class Store(Protocol):
 
     async def give_back_limit(self, keys: Sequence[str], *, rate: Rate) -> None:
         """Returns one hit to each key (a reserved attempt that turned out not to count)."""
+
+    # -- accounts and the mail outbox (issue 12) ---------------------------------------------------
+
+    async def signup_user(
+        self, *, user_id: str, email: str, email_key: str, password_hash: str, now: float, token: EmailToken, mail: NewMail
+    ) -> bool:
+        """Creates an unverified user with its first verification token and mail, atomically; False
+        (nothing written) when `email_key` exists."""
+
+    async def issue_email_token(self, user_id: str, *, token: EmailToken, mail: NewMail, now: float) -> None:
+        """Voids the user's unused tokens of `token.kind`, stores this one and queues its mail, atomically."""
+
+    async def redeem_email_token(
+        self, token_hash: str, *, kind: str, now: float, password_hash: str | None = None
+    ) -> tuple[str, list[str]] | None:
+        """Uses up a live token of `kind` of an enabled user: marks the address verified and, with
+        `password_hash` (a reset), sets it and revokes every session. Returns (user id, revoked
+        session ids), or None when the token is unknown, used, voided, expired or its user disabled."""
+
+    async def set_email_verified(self, user_id: str, *, now: float) -> None:
+        """Marks the user's address verified (`gateway users verify`)."""
+
+    async def unverified_user_ids(self) -> set[str]:
+        """Ids of users whose address is not verified (users made by sign-up, until they verify)."""
+
+    async def change_password(self, user_id: str, *, password_hash: str, now: float, keep_session_id: str) -> list[str]:
+        """Sets a new password and revokes every live session of the user but `keep_session_id`."""
+
+    async def enqueue_mail(self, mail: NewMail, *, now: float) -> None:
+        """Queues a mail for the sender task."""
+
+    async def claim_mail(self, *, now: float, lease_s: float, limit: int) -> list[OutboxMail]:
+        """Atomically leases up to `limit` due, unsent mails (their lease expired or never taken), so
+        each is handed to one sender at a time across every process; counts an attempt on each."""
+
+    async def mail_sent(self, mail_id: int, *, now: float) -> None:
+        """Marks a mail delivered and drops its text (it holds a token)."""
+
+    async def mail_failed(self, mail_id: int, *, now: float, retry_at: float | None, error: str) -> None:
+        """Ends the lease after a failed attempt: retried from `retry_at`, or never again when None."""
 
     async def ping(self) -> None:
         """Raises StoreUnavailable when the store cannot answer."""

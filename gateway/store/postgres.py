@@ -23,6 +23,7 @@ from gateway.store import (
     gcra_interval,
     gcra_wait,
 )
+from gateway.store.postgres_accounts import ACCOUNTS_MIGRATION, PostgresAccounts
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
@@ -74,6 +75,8 @@ MIGRATIONS: tuple[str, ...] = (
         allowed BOOLEAN NOT NULL
     );
     """,
+    # issue 12: email verification, email tokens, the mail outbox (see postgres_accounts)
+    ACCOUNTS_MIGRATION,
 )
 
 _MIGRATION_LOCK = 0x6761_7465_7761_79  # arbitrary constants shared by every gateway instance
@@ -101,11 +104,12 @@ def _user(r: Any, o: int = 0) -> UserRecord:
     return UserRecord(id=r[o], email=r[o + 1], email_key=r[o + 2], password_hash=r[o + 3], disabled=r[o + 4], created_at=r[o + 5])
 
 
-class PostgresStore:
+class PostgresStore(PostgresAccounts):
     """`Store` on PostgreSQL through an asyncpg pool."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._revoke = _revoke_where
 
     @classmethod
     async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> PostgresStore:
@@ -335,11 +339,11 @@ class PostgresStore:
         await self._pool.close()
 
 
-async def _revoke_where(conn: asyncpg.Connection, where: str, param: Any, *, now: float, reason: str) -> list[str]:
-    """Revokes the live sessions matching `where` (which names its parameter $3) and logs each revocation."""
+async def _revoke_where(conn: asyncpg.Connection, where: str, *params: Any, now: float, reason: str) -> list[str]:
+    """Revokes the live sessions matching `where` (its parameters are $3, $4...) and logs each revocation."""
     rows = await conn.fetch(
         f"UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE {where} AND revoked_at IS NULL RETURNING id",
-        now, reason, param,
+        now, reason, *params,
     )  # fmt: skip
     ids = [r[0] for r in rows]
     if ids:

@@ -28,6 +28,7 @@ from gateway.store import (
     gcra_interval,
     gcra_wait,
 )
+from gateway.store.sqlite_accounts import ACCOUNTS_MIGRATION, SqliteAccounts
 from gateway.store.sqlite_runner import Op, Runner
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
@@ -83,6 +84,8 @@ MIGRATIONS: tuple[str, ...] = (
         allowed INTEGER NOT NULL
     );
     """,
+    # issue 12: email verification, email tokens, the mail outbox (see sqlite_accounts)
+    ACCOUNTS_MIGRATION,
 )
 
 _SESSION_COLS = (
@@ -155,10 +158,11 @@ def _migrate(db: sqlite3.Connection) -> None:
     db.execute("COMMIT")
 
 
-class SqliteStore:
+class SqliteStore(SqliteAccounts):
     """`Store` on one SQLite file through one connection, owned by one thread, per process."""
 
     def __init__(self, runner: Runner) -> None:
+        self._revoke = _revoke_where
         self._runner = runner
         self._closed = False
 
