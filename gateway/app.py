@@ -21,10 +21,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import auth_routes
+from gateway.accounts import routes as account_routes
+from gateway.accounts.mailer import SmtpMailer
+from gateway.accounts.outbox import MailSender
+from gateway.accounts.service import AccountService
 from gateway.auth import authenticate
 from gateway.config import Config
 from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, NoRoute, StoreError
 from gateway.keys import (
+    ACCOUNTS,
     CLIENT,
     CLOCK,
     CONFIG,
@@ -168,6 +173,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     prefix = config.server.auth_prefix
     endpoints: dict[str, dict[str, Handler]] = {
         **auth_routes.auth_endpoints(prefix),
+        **account_routes.endpoints(prefix),
         f"{prefix}/client.js": {"GET": _client_js},
         f"{prefix}/openapi.json": {"GET": _openapi},
         "/.well-known/jwks.json": {"GET": _jwks},
@@ -234,6 +240,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
 
     app.router.add_route("*", "/{tail:.*}", handle)
     app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_accounts_ctx)
     app.cleanup_ctx.append(_client_ctx)
     app.cleanup_ctx.append(_revocation_ctx)
     app.on_shutdown.append(_close_all_websockets)
@@ -262,6 +269,22 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 _background: set[asyncio.Task[None]] = set()
+
+
+async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Self-service accounts and the outbox sender task (issue 12); closed before the store."""
+    cfg = app[CONFIG]
+    sender = MailSender(store=app[STORE], mailer=SmtpMailer(cfg.email.smtp_url), clock=app[CLOCK])
+    accounts = AccountService(store=app[STORE], sessions=app[SESSIONS], config=cfg, clock=app[CLOCK], on_mail=sender.wake)
+    app[ACCOUNTS] = accounts
+    task = asyncio.create_task(sender.run())
+    try:
+        yield
+    finally:
+        await accounts.drain()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _client_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from aiohttp import ClientSession, web
 
+from gateway.accounts.service import AccountService
 from gateway.config import Config
 from gateway.metrics import Metrics
 from gateway.revocations import RevokedSessions
@@ -17,6 +18,7 @@ from gateway.store import Store
 from gateway.tokens import KeyRing, Principal
 
 __all__ = [
+    "ACCOUNTS",
     "CLIENT",
     "CLOCK",
     "CONFIG",
@@ -52,3 +54,5 @@ REQUEST_ID = web.RequestKey("request_id", str)
 # The configured prefix that served the request ("auth", "internal" or "none" otherwise): a bounded metric label.
 ROUTE_LABEL = web.RequestKey("route_label", str)
 UPSTREAM_SECONDS = web.RequestKey("upstream_seconds", float)
+# issue 12: self-service accounts (gateway/accounts)
+ACCOUNTS = web.AppKey("accounts", AccountService)

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import Config, LimitsConfig
-from gateway.errors import BadRequest, InvalidCredentials, NoRoute, RateLimited, RefreshRejected, RefreshReused
+from gateway.errors import (
+    BadRequest,
+    EmailNotVerified,
+    InvalidCredentials,
+    NoRoute,
+    RateLimited,
+    RefreshRejected,
+    RefreshReused,
+)
 from gateway.log import audit
 from gateway.passwords import Passwords
 from gateway.store import SessionRecord, Store, UserRecord
@@ -81,6 +89,7 @@ class SessionService:
         self.on_event = on_event
         self.clock = clock
         self._passwords = Passwords()
+        self.require_verified_email = config.accounts.require_verified_email
         self.set_limits(config.limits)
 
     def set_limits(self, limits: LimitsConfig) -> None:
@@ -100,6 +109,10 @@ class SessionService:
         user = await self.store.create_user(user_id=str(uuid.uuid4()), email=shown, email_key=key, password_hash=pw_hash, now=self.clock())
         self._audit("user_created", user_id=user.id)
         return user
+
+    async def check_password_of(self, user: UserRecord, password: str) -> bool:
+        """Whether `password` is the user's (accounts: a password change checks the current one)."""
+        return await self._passwords.verify(user.password_hash, password)
 
     async def get_user(self, email: str) -> UserRecord:
         """The user with this email; NoRoute if there is none."""
@@ -149,6 +162,10 @@ class SessionService:
             self._audit("login_failure", user_id=user.id if user else None, ip=ip, reason=reason)
             raise InvalidCredentials("the email or password is wrong")
         await self.store.give_back_limit(limit_keys, rate=rate)
+        # Only after the password was right, so the answer tells nothing to someone without it.
+        if self.require_verified_email and not await self.store.is_email_verified(user.id):
+            self._audit("login_failure", user_id=user.id, ip=ip, reason="email_not_verified")
+            raise EmailNotVerified("the email address is not verified yet; follow the link in the mail")
         now = self.clock()
         ttl = self.cfg.refresh_ttl if remember_me else self.cfg.session_ttl
         absolute = now + self.cfg.absolute_ttl.total_seconds()

@@ -539,6 +539,7 @@ class StoreContract:
         user = await store.get_user(email_key="new@example.com")
         assert user is not None and user.email == "New@Example.com"
         assert await store.unverified_user_ids() == {"u-s"}
+        assert await store.is_email_verified("u-s") is False
         claimed = await store.claim_mail(now=T0, lease_s=60, limit=10)
         assert [(m.recipient, m.attempts) for m in claimed] == [("new@example.com", 1)]
 
@@ -554,8 +555,10 @@ class StoreContract:
         assert await store.claim_mail(now=T0, lease_s=60, limit=10) == []
 
     async def test_users_made_by_create_user_are_verified(self, store: Store) -> None:
-        await _user(store)
+        user = await _user(store)
         assert await store.unverified_user_ids() == set()
+        assert await store.is_email_verified(user.id) is True
+        assert await store.is_email_verified("no-such-id") is False
 
     async def test_redeem_verify_token_once_verifies(self, store: Store) -> None:
         token = _hash("v")
@@ -622,6 +625,7 @@ class StoreContract:
         )  # fmt: skip
         await store.set_email_verified("u-m", now=T0 + 1)
         assert await store.unverified_user_ids() == set()
+        assert await store.is_email_verified("u-m") is True
 
     async def test_change_password_keeps_one_session_revokes_others(self, store: Store) -> None:
         user = await _user(store)

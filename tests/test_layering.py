@@ -21,6 +21,12 @@ PURE = [
     "gateway.metrics",
     "gateway.sessions",
     "gateway.workers",
+    # issue 12: accounts
+    "gateway.store.sqlite_accounts",
+    "gateway.accounts.mail",
+    "gateway.accounts.mailer",
+    "gateway.accounts.outbox",
+    "gateway.accounts.service",
 ]
 
 

@@ -223,6 +223,9 @@ class Store(Protocol):
     async def set_email_verified(self, user_id: str, *, now: float) -> None:
         """Marks the user's address verified (`gateway users verify`)."""
 
+    async def is_email_verified(self, user_id: str) -> bool:
+        """Whether the user's address is verified (False for an unknown id)."""
+
     async def unverified_user_ids(self) -> set[str]:
         """Ids of users whose address is not verified (users made by sign-up, until they verify)."""
 

@@ -129,6 +129,12 @@ class PostgresAccounts:
         except _ERRORS as exc:
             raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
 
+    async def is_email_verified(self, user_id: str) -> bool:
+        try:
+            return bool(await self._pool.fetchval("SELECT email_verified FROM users WHERE id = $1", user_id))
+        except _ERRORS as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+
     async def unverified_user_ids(self) -> set[str]:
         try:
             rows = await self._pool.fetch("SELECT id FROM users WHERE NOT email_verified")

@@ -130,6 +130,12 @@ class SqliteAccounts:
             write=True,
         )
 
+    async def is_email_verified(self, user_id: str) -> bool:
+        rows = await self._do(
+            lambda db: db.execute("SELECT email_verified FROM users WHERE id = ?", (user_id,)).fetchall(), write=False
+        )
+        return bool(rows and rows[0][0])
+
     async def unverified_user_ids(self) -> set[str]:
         rows = await self._do(lambda db: db.execute("SELECT id FROM users WHERE email_verified = 0").fetchall(), write=False)
         return {r[0] for r in rows}
