@@ -96,7 +96,7 @@ async def test_signup_mail_page_verify_then_login(make_gateway: MakeGateway, mak
         assert page.status == 200 and page.content_type == "text/html"
         html = await page.text()
         assert 'method="post"' in html and f'value="{token}"' in html and "<button" in html
-        assert page.headers["Referrer-Policy"] == "no-referrer"
+        assert page.headers["Referrer-Policy"] == "same-origin"
         assert page.headers["Cache-Control"] == "no-store"
     resp = await client.post("/auth/verify-email", json={"token": token})
     assert resp.status == 204

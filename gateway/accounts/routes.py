@@ -22,10 +22,11 @@ from gateway.keys import ACCOUNTS, CONFIG
 __all__ = ["endpoints"]
 
 _NO_STORE = {"Cache-Control": "no-store"}
-# The token sits in the page's URL: never send it on as a Referer, never let another site frame the form.
+# The token sits in the page's URL: never send it to another site as a Referer, never let another site
+# frame the form. (`no-referrer` would make the form's POST carry `Origin: null`, which CSRF refuses.)
 _PAGE_HEADERS = {
     **_NO_STORE,
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
 }
