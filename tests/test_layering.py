@@ -27,6 +27,7 @@ PURE = [
     "gateway.accounts.mailer",
     "gateway.accounts.outbox",
     "gateway.accounts.service",
+    "gateway.accounts.openapi",
 ]
 
 
