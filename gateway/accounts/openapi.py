@@ -65,7 +65,7 @@ def account_paths(p: str) -> dict[str, Any]:
                 "responses": {
                     "202": _PENDING, **_BASE_ERRORS,
                     "404": _error("not_found: sign-up is off"), "429": _error("rate_limited", retry=True),
-                },  # fmt: skip
+                },
             }
         },
         f"{p}/verify-email": {
@@ -76,7 +76,7 @@ def account_paths(p: str) -> dict[str, Any]:
                 "responses": {
                     "204": {"description": "Verified"}, "200": done, **_BASE_ERRORS,
                     "400": _error("invalid_email_token or invalid_request", page=True),
-                },  # fmt: skip
+                },
             },
         },
         f"{p}/verify-email/resend": {
@@ -100,7 +100,7 @@ def account_paths(p: str) -> dict[str, Any]:
                 "responses": {
                     "204": {"description": "Password set"}, "200": done, **_BASE_ERRORS,
                     "400": _error("invalid_email_token or invalid_request", page=True),
-                },  # fmt: skip
+                },
             }
         },
         f"{p}/reset-password": _page_get("The page a reset link opens"),
@@ -115,7 +115,7 @@ def account_paths(p: str) -> dict[str, Any]:
                             "headers": {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}}},
                     "403": _error("invalid_credentials (wrong current password) or csrf_failed"),
                     "429": _error("rate_limited", retry=True),
-                },  # fmt: skip
+                },
             }
         },
     }
