@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
 from gateway.accounts.mail import render_mail
@@ -305,3 +306,22 @@ async def test_change_password_keeps_this_session_revokes_others(
     assert (await client.post("/auth/refresh-token", json={"refresh_token": other["refresh_token"]})).status == 403
     assert (await client.post("/auth/refresh-token", json={"refresh_token": mine["refresh_token"]})).status == 200
     assert (await _login(client, password=NEW_PASSWORD)).status == 200
+
+
+async def test_reset_closes_the_users_proxied_websocket_within_a_second(
+    make_gateway: MakeGateway, make_config: MakeConfig, mailbox: Mailbox
+) -> None:
+    client = await _gateway(make_gateway, make_config, mailbox)
+    await client.server.app[SESSIONS].add_user(EMAIL, PASSWORD)
+    access = (await (await _login(client)).json())["access_token"]
+    async with client.session.ws_connect(client.make_url("/api/ws"), headers={"Authorization": f"Bearer {access}"}) as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=5)).data == "hi"
+        await client.post("/auth/password/forgot", json={"email": EMAIL})
+        token = link_token((await mailbox.wait_for(1))[0], "reset-password")
+        resp = await client.post("/auth/password/reset", json={"token": token, "password": NEW_PASSWORD})
+        assert resp.status == 204
+        started = time.monotonic()
+        msg = await ws.receive(timeout=5)
+        assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING)
+        assert time.monotonic() - started < 1.0
