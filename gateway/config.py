@@ -772,6 +772,8 @@ def masked(cfg: object) -> object:
                 out[f.name] = _mask_secret(value)
             elif f.name in ("url", "smtp_url") and isinstance(value, str):
                 out[f.name] = _mask_url(value)
+            elif isinstance(cfg, EmailConfig) and f.name == "sender":
+                out["from"] = value  # printed under its TOML key
             else:
                 out[f.name] = masked(value)
         return out
