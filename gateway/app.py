@@ -137,7 +137,7 @@ def reload_app(app: web.Application, new: Config) -> list[str]:
     app[SESSIONS].set_limits(new.limits)
     restart = [
         name
-        for name in ("server", "store", "cookies", "csrf", "identity_headers", "log")
+        for name in ("server", "store", "cookies", "csrf", "identity_headers", "log", "accounts", "email")
         if getattr(old, name) != getattr(new, name) and not (name == "server" and _only_tls_changed(old, new))
     ]
     if any(getattr(old.tokens, k) != getattr(new.tokens, k) for k in ("issuer", "audience", "access_ttl", "leeway")):
