@@ -154,6 +154,19 @@ class SqliteAccounts:
         await self._do(lambda db: _insert_mail(db, mail, now), write=True)
 
     async def claim_mail(self, *, now: float, lease_s: float, limit: int) -> list[OutboxMail]:
+        # Every sender polls each second: look with a read first, so an idle outbox never takes the
+        # file's write lock from the processes that share it.
+        due = await self._do(
+            lambda db: db.execute(
+                "SELECT 1 FROM mail_outbox WHERE sent_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= ?"
+                " AND (lease_until IS NULL OR lease_until <= ?) LIMIT 1",
+                (now, now),
+            ).fetchall(),
+            write=False,
+        )
+        if not due:
+            return []
+
         def op(db: sqlite3.Connection) -> list[OutboxMail]:
             rows = db.execute(
                 "UPDATE mail_outbox SET lease_until = ?, attempts = attempts + 1 WHERE id IN ("
