@@ -22,6 +22,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import auth_routes
+from gateway.accounts import routes as account_routes
+from gateway.accounts.mailer import SmtpMailer
+from gateway.accounts.outbox import MailSender
+from gateway.accounts.service import AccountService
 from gateway.auth import authenticate
 from gateway.authz import enforce_policy
 from gateway.client_routes import client_endpoints, clients_ctx
@@ -30,6 +34,7 @@ from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, NoRoute, S
 from gateway.grant_sync import grants_ctx
 from gateway.grants import StaleGrants
 from gateway.keys import (
+    ACCOUNTS,
     CLIENT,
     CLOCK,
     CONFIG,
@@ -153,7 +158,7 @@ def reload_app(app: web.Application, new: Config) -> list[str]:
     app[KEYRING].adopt(keyring)
     app[SESSIONS].cfg = new.tokens
     app[SESSIONS].set_limits(new.limits)
-    restart = [name for name in ("store", "log") if getattr(old, name) != getattr(new, name)]
+    restart = [name for name in ("store", "log", "accounts", "email") if getattr(old, name) != getattr(new, name)]
     bound = [f.name for f in dataclasses.fields(old.server) if f.name not in _LIVE_SERVER_KEYS]
     restart += [f"server.{k}" for k in bound if getattr(old.server, k) != getattr(new.server, k)]
     if any(getattr(old.tokens, k) != getattr(new.tokens, k) for k in ("access_ttl", "leeway")):
@@ -187,6 +192,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     endpoints: dict[str, dict[str, Handler]] = {
         **auth_routes.auth_endpoints(prefix),
         **client_endpoints(prefix),
+        **account_routes.endpoints(prefix),
         f"{prefix}/client.js": {"GET": _client_js},
         f"{prefix}/openapi.json": {"GET": _openapi},
         "/.well-known/jwks.json": {"GET": _jwks},
@@ -254,6 +260,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
 
     _skip_router(app, app.router.add_route("*", "/{tail:.*}", handle))
     app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_accounts_ctx)
     app.cleanup_ctx.append(_client_ctx)
     app.cleanup_ctx.append(_revocation_ctx)
     app.cleanup_ctx.append(grants_ctx)
@@ -295,6 +302,22 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 _background: set[asyncio.Task[None]] = set()
+
+
+async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Self-service accounts and the outbox sender task (issue 12); closed before the store."""
+    cfg = app[CONFIG]
+    sender = MailSender(store=app[STORE], mailer=SmtpMailer(cfg.email.smtp_url), clock=app[CLOCK])
+    accounts = AccountService(store=app[STORE], sessions=app[SESSIONS], config=cfg, clock=app[CLOCK], on_mail=sender.wake)
+    app[ACCOUNTS] = accounts
+    task = asyncio.create_task(sender.run())
+    try:
+        yield
+    finally:
+        await accounts.drain()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _client_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     users.add_parser("list", parents=[common], help="list users")
     for name in ("disable", "enable"):
         users.add_parser(name, parents=[common], help=f"{name} a user").add_argument("email")
+    users.add_parser("verify", parents=[common], help="mark a user's email address verified").add_argument("email")
     setpw = users.add_parser("set-password", parents=[common], help="set a new password (revokes all sessions)")
     setpw.add_argument("email")
     setpw.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
@@ -224,8 +225,14 @@ async def _admin(cfg: Config, args: argparse.Namespace) -> int:
                 user = await service.add_user(args.email, _read_password(from_stdin=args.password_stdin))
                 print(f"created user {user.email} id={user.id}")
             elif args.action == "list":
+                unverified = await store.unverified_user_ids()
                 for u in await store.list_users():
-                    print(f"{u.id}\t{u.email}\t{'disabled' if u.disabled else 'active'}\t{_iso(u.created_at)}")
+                    verified = "unverified" if u.id in unverified else "verified"
+                    print(f"{u.id}\t{u.email}\t{'disabled' if u.disabled else 'active'}\t{_iso(u.created_at)}\t{verified}")
+            elif args.action == "verify":
+                user = await service.get_user(args.email)
+                await store.set_email_verified(user.id, now=service.clock())
+                print(f"verified {user.email}")
             elif args.action in ("disable", "enable"):
                 revoked = await service.set_disabled(args.email, disabled=args.action == "disable")
                 print(f"{args.action}d {args.email.strip()}; revoked {len(revoked)} session(s)")
@@ -244,7 +251,7 @@ async def _admin(cfg: Config, args: argparse.Namespace) -> int:
         elif args.command == "clients":
             from gateway.clients import ClientService, FailureThrottle
 
-            clients = ClientService(store=store, keys=service.keys, throttle=FailureThrottle(cfg.limits.login))
+            clients = ClientService(store=store, keys=service.keys, throttle=FailureThrottle(store, cfg.limits.login))
             if args.action == "add":
                 client, secret = await clients.add(args.name, args.scope)
                 print(f"client_id: {client.id}\nclient_secret: {secret}")

@@ -95,6 +95,6 @@ def client_endpoints(prefix: str) -> dict[str, dict[str, Handler]]:
 async def clients_ctx(app: web.Application) -> AsyncIterator[None]:
     """A cleanup_ctx step (after the store's): the ClientService requests use."""
     app[CLIENTS] = ClientService(
-        store=app[STORE], keys=app[KEYRING], throttle=FailureThrottle(app[CONFIG].limits.login), clock=app[CLOCK]
+        store=app[STORE], keys=app[KEYRING], throttle=FailureThrottle(app[STORE], app[CONFIG].limits.login), clock=app[CLOCK]
     )
     yield

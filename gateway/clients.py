@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from gateway.config import Rate
 from gateway.errors import BadRequest, InvalidClient, InvalidScope, NoRoute, RateLimited
 from gateway.grants import REMOVED
-from gateway.limits import RateLimiter
 from gateway.log import audit
 from gateway.store import ClientRecord, Store
 from gateway.tokens import KeyRing
@@ -48,28 +47,24 @@ def check_scope(scope: str) -> str:
 
 
 class FailureThrottle:
-    """Failed client authentications per client address and per client id, as failed logins are counted.
+    """Failed client authentications per client address and per client id, counted in the store as
+    failed logins are, so every worker and instance shares the count."""
 
-    The seam between token requests and the limiter: today two in-process `RateLimiter`s; a limiter
-    kept in the store replaces this class and nothing else.
-    """
+    def __init__(self, store: Store, rate: Rate) -> None:
+        self._store = store
+        self._rate = rate
 
-    def __init__(self, rate: Rate) -> None:
-        self._by_ip = RateLimiter(rate)
-        self._by_client = RateLimiter(rate)
+    @staticmethod
+    def _keys(ip: str, client_id: str) -> tuple[str, str]:
+        return (f"client:ip:{ip}", f"client:id:{client_id}")
 
     async def wait(self, *, ip: str, client_id: str, now: float) -> int:
         """0 to go on, else the seconds to wait; an allowed attempt is counted as failed until forgiven."""
-        wait = max(self._by_ip.retry_after(ip, now=now), self._by_client.retry_after(client_id, now=now))
-        if not wait:
-            self._by_ip.hit(ip, now=now)
-            self._by_client.hit(client_id, now=now)
-        return wait
+        return await self._store.take_limit(self._keys(ip, client_id), rate=self._rate, now=now)
 
     async def forgive(self, *, ip: str, client_id: str, at: float) -> None:
-        """Takes back the attempt counted by `wait` at `at`: it succeeded."""
-        self._by_ip.release(ip, at=at)
-        self._by_client.release(client_id, at=at)
+        """Takes back the attempt counted by `wait`: it succeeded."""
+        await self._store.give_back_limit(self._keys(ip, client_id), rate=self._rate)
 
 
 @dataclass(frozen=True, slots=True)

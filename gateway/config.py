@@ -22,10 +22,12 @@ from gateway.errors import ConfigError
 from gateway.policy import Policy, compile_policy
 
 __all__ = [
+    "AccountsConfig",
     "AuthMode",
     "Config",
     "CookieConfig",
     "CsrfConfig",
+    "EmailConfig",
     "IdentityHeadersConfig",
     "LimitsConfig",
     "LogConfig",
@@ -162,6 +164,7 @@ class LimitsConfig:
 
     login: Rate = Rate(count=10, period_s=60)
     refresh: Rate = Rate(count=60, period_s=60)
+    email: Rate = Rate(count=5, period_s=3600)  # mails per address and per client address
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,6 +192,25 @@ class RouteConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AccountsConfig:
+    """Self-service accounts: sign-up, email verification, password reset (issue 12)."""
+
+    signup: bool = False
+    require_verified_email: bool = False
+    verify_ttl: timedelta = timedelta(hours=24)
+    reset_ttl: timedelta = timedelta(minutes=30)
+    link_base: str | None = None  # None: server.public_origin, else http://host:port
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmailConfig:
+    """The SMTP relay the mail outbox delivers through; `smtp_url` may carry user:pass@ (masked when printed)."""
+
+    smtp_url: str = field(default="smtp://127.0.0.1:1025", repr=False)
+    sender: str = "Gateway <no-reply@example.com>"  # the TOML key is `from`
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole configuration; `source` is the file it came from (for messages)."""
 
@@ -201,6 +223,8 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     log: LogConfig = LogConfig()
     routes: tuple[RouteConfig, ...] = ()
+    accounts: AccountsConfig = AccountsConfig()
+    email: EmailConfig = EmailConfig()
     source: str = ""
 
 
@@ -654,7 +678,11 @@ def parse_config(
         problems.append("identity_headers: the header names must differ")
     lim_t = _Table("limits", root.get("limits", None, lambda r: r), problems)
     dl = LimitsConfig()
-    limits = LimitsConfig(login=lim_t.get("login", dl.login, _parse_rate), refresh=lim_t.get("refresh", dl.refresh, _parse_rate))
+    limits = LimitsConfig(
+        login=lim_t.get("login", dl.login, _parse_rate),
+        refresh=lim_t.get("refresh", dl.refresh, _parse_rate),
+        email=lim_t.get("email", dl.email, _parse_rate),
+    )
     lim_t.finish()
     log_t = _Table("log", root.get("log", None, lambda r: r), problems)
     dlog = LogConfig()
@@ -665,6 +693,8 @@ def parse_config(
     )
     log_t.finish()
     routes = _routes(root.get("routes", None, lambda r: r), problems, base)
+    accounts = _accounts(_Table("accounts", root.get("accounts", None, lambda r: r), problems))
+    email = _email(_Table("email", root.get("email", None, lambda r: r), problems))
     root.finish()
     for i, route in enumerate(routes):
         if route.prefix == server.auth_prefix or route.prefix.startswith(server.auth_prefix + "/"):
@@ -682,8 +712,81 @@ def parse_config(
         limits=limits,
         log=log,
         routes=routes,
+        accounts=accounts,
+        email=email,
         source=source,
     )
+
+
+# -- accounts and mail (issue 12) -------------------------------------------------------------------
+
+
+def _link_base(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"must be a string, not {raw!r}")
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"must be an http(s) URL like \"https://app.example.com\", not {raw!r}")
+    return raw.strip().rstrip("/")
+
+
+def _smtp_url(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"must be a string, not {raw!r}")
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ValueError("must be smtp://[user:pass@]host[:port] or smtps://[user:pass@]host[:port]")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or port == 0:
+        raise ValueError("must name only the scheme, credentials, host and port")
+    return raw
+
+
+def _mail_from(raw: object) -> str:
+    from email.headerregistry import Address
+    from email.utils import parseaddr
+
+    if not isinstance(raw, str) or any(c in raw for c in "\r\n\0"):
+        raise ValueError(f"must be one line like \"Gateway <no-reply@example.com>\", not {raw!r}")
+    name, addr = parseaddr(raw)
+    local, at, domain = addr.rpartition("@")
+    if not at or not local or not domain:
+        raise ValueError(f"must be an address like \"Gateway <no-reply@example.com>\", not {raw!r}")
+    try:
+        Address(display_name=name, username=local, domain=domain)
+    except (ValueError, IndexError) as exc:
+        raise ValueError(f"is not a valid address ({exc})") from None
+    return raw
+
+
+def _positive_duration(raw: object) -> timedelta:
+    value = parse_duration(raw)
+    if value <= timedelta(0):
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _accounts(t: _Table) -> AccountsConfig:
+    d = AccountsConfig()
+    cfg = AccountsConfig(
+        signup=t.get("signup", d.signup),
+        require_verified_email=t.get("require_verified_email", d.require_verified_email),
+        verify_ttl=t.get("verify_ttl", d.verify_ttl, _positive_duration),
+        reset_ttl=t.get("reset_ttl", d.reset_ttl, _positive_duration),
+        link_base=t.get("link_base", d.link_base, _link_base),
+    )
+    t.finish()
+    return cfg
+
+
+def _email(t: _Table) -> EmailConfig:
+    d = EmailConfig()
+    cfg = EmailConfig(smtp_url=t.get("smtp_url", d.smtp_url, _smtp_url), sender=t.get("from", d.sender, _mail_from))
+    t.finish()
+    return cfg
 
 
 def load_config(path: str | os.PathLike[str], *, signing: bool = True) -> Config:
@@ -743,8 +846,10 @@ def masked(cfg: object) -> object:
             value = getattr(cfg, f.name)
             if f.name in _SECRET_FIELDS:
                 out[f.name] = _mask_secret(value)
-            elif f.name == "url" and isinstance(value, str):
+            elif f.name in ("url", "smtp_url") and isinstance(value, str):
                 out[f.name] = _mask_url(value)
+            elif isinstance(cfg, EmailConfig) and f.name == "sender":
+                out["from"] = value  # printed under its TOML key
             else:
                 out[f.name] = masked(value)
         return out

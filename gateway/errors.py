@@ -3,7 +3,8 @@
 GatewayError
 ├── BadRequest (400 invalid_request)
 │   ├── UnsupportedGrantType (unsupported_grant_type)
-│   └── InvalidScope (invalid_scope)
+│   ├── InvalidScope (invalid_scope)
+│   └── InvalidEmailToken (invalid_email_token)
 ├── RequestTimeout (408 request_timeout)
 ├── PayloadTooLarge (413 payload_too_large)
 ├── AuthError (401)
@@ -18,7 +19,9 @@ GatewayError
 │   ├── RefreshRejected (invalid_refresh_token)
 │   │   └── RefreshReused (refresh_token_reused)
 │   ├── CsrfFailed (csrf_failed)
-│   └── InsufficientScope (insufficient_scope)
+│   ├── InsufficientScope (insufficient_scope)
+│   ├── EmailNotVerified (email_not_verified)
+│   └── WrongCurrentPassword (invalid_credentials)
 ├── NoRoute (404 not_found)
 ├── MethodNotAllowed (405 method_not_allowed)
 ├── RateLimited (429 rate_limited)
@@ -40,6 +43,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "CsrfFailed",
+    "EmailNotVerified",
     "Forbidden",
     "GatewayError",
     "InsufficientScope",
@@ -47,6 +51,7 @@ __all__ = [
     "InvalidClient",
     "InvalidScope",
     "InvalidCredentials",
+    "InvalidEmailToken",
     "MethodNotAllowed",
     "NoRoute",
     "PayloadTooLarge",
@@ -63,6 +68,7 @@ __all__ = [
     "UpstreamError",
     "UnsupportedGrantType",
     "UpstreamTimeout",
+    "WrongCurrentPassword",
 ]
 
 
@@ -261,6 +267,27 @@ class Conflict(StoreError):
 
     status = 409
     code = "conflict"
+
+
+# -- accounts (issue 12) ---------------------------------------------------------------------------
+
+
+class InvalidEmailToken(BadRequest):
+    """A verification or reset token that is unknown, used, voided by a newer one, or expired."""
+
+    code = "invalid_email_token"
+
+
+class EmailNotVerified(Forbidden):
+    """The password was right but the address is not verified yet (`accounts.require_verified_email`)."""
+
+    code = "email_not_verified"
+
+
+class WrongCurrentPassword(Forbidden):
+    """A password change whose `current_password` is wrong (403: the caller is authenticated)."""
+
+    code = "invalid_credentials"
 
 
 class ConfigError(Exception):

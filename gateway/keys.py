@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from aiohttp import ClientSession, web
 
+from gateway.accounts.service import AccountService
 from gateway.clients import ClientService
 from gateway.config import Config
 from gateway.grants import StaleGrants
@@ -20,6 +21,7 @@ from gateway.tokens import KeyRing, Principal
 from gateway.upstream_pool import UpstreamPool
 
 __all__ = [
+    "ACCOUNTS",
     "CLIENT",
     "CLIENTS",
     "CLOCK",
@@ -64,3 +66,5 @@ REQUEST_ID = web.RequestKey("request_id", str)
 # The configured prefix that served the request ("auth", "internal" or "none" otherwise): a bounded metric label.
 ROUTE_LABEL = web.RequestKey("route_label", str)
 UPSTREAM_SECONDS = web.RequestKey("upstream_seconds", float)
+# issue 12: self-service accounts (gateway/accounts)
+ACCOUNTS = web.AppKey("accounts", AccountService)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import __version__
+from gateway.accounts.openapi import account_paths
 from gateway.config import Config
 
 __all__ = ["openapi_document"]
@@ -234,6 +235,7 @@ def openapi_document(cfg: Config) -> dict[str, Any]:
                     },
                 }
             },
+            **account_paths(p),
         },
         "components": {
             "schemas": {"Error": _ERROR, "Tokens": _TOKENS, "Session": _SESSION, "ClientToken": _CLIENT_TOKEN},

@@ -14,8 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import Config, LimitsConfig
-from gateway.errors import BadRequest, InvalidCredentials, NoRoute, RateLimited, RefreshRejected, RefreshReused
-from gateway.limits import RateLimiter
+from gateway.errors import (
+    BadRequest,
+    EmailNotVerified,
+    InvalidCredentials,
+    NoRoute,
+    RateLimited,
+    RefreshRejected,
+    RefreshReused,
+)
 from gateway.log import audit
 from gateway.passwords import Passwords
 from gateway.store import SessionRecord, Store, UserRecord
@@ -82,16 +89,12 @@ class SessionService:
         self.on_event = on_event
         self.clock = clock
         self._passwords = Passwords()
+        self.require_verified_email = config.accounts.require_verified_email
         self.set_limits(config.limits)
 
     def set_limits(self, limits: LimitsConfig) -> None:
-        """(Re)applies `[limits]`; counts restart from zero when a rate changes."""
-        if getattr(self, "_limits", None) == limits:
-            return
-        self._limits = limits
-        self._login_by_ip = RateLimiter(limits.login)
-        self._login_by_email = RateLimiter(limits.login)
-        self._refresh_limit = RateLimiter(limits.refresh)
+        """(Re)applies `[limits]`; the counts live in the store and carry over a change of rate."""
+        self.limits = limits
 
     # -- users ---------------------------------------------------------------------------------
 
@@ -106,6 +109,10 @@ class SessionService:
         user = await self.store.create_user(user_id=str(uuid.uuid4()), email=shown, email_key=key, password_hash=pw_hash, now=self.clock())
         self._audit("user_created", user_id=user.id)
         return user
+
+    async def check_password_of(self, user: UserRecord, password: str) -> bool:
+        """Whether `password` is the user's (accounts: a password change checks the current one)."""
+        return await self._passwords.verify(user.password_hash, password)
 
     async def get_user(self, email: str) -> UserRecord:
         """The user with this email; NoRoute if there is none."""
@@ -139,22 +146,26 @@ class SessionService:
         if not isinstance(password, str) or not password or len(password) > _MAX_PASSWORD:
             raise BadRequest(f"password must be a string of 1 to {_MAX_PASSWORD} characters")
         now = self.clock()
-        wait = max(self._login_by_ip.retry_after(ip, now=now), self._login_by_email.retry_after(key, now=now))
+        # Count the attempt as a failure before the slow password check and give it back on success:
+        # recording it only after the check let a parallel burst pass the limit check all at once.
+        # The count lives in the store, so every worker and instance shares it.
+        rate = self.limits.login
+        limit_keys = (f"login:ip:{ip}", f"login:email:{key}")
+        wait = await self.store.take_limit(limit_keys, rate=rate, now=now)
         if wait:
             self._audit("login_failure", ip=ip, reason="rate_limited")
             raise RateLimited("too many failed login attempts; try again later", retry_after=wait)
-        # Count the attempt as a failure before the slow password check and give it back on success:
-        # recording it only after the check let a parallel burst pass the limit check all at once.
-        self._login_by_ip.hit(ip, now=now)
-        self._login_by_email.hit(key, now=now)
         user = await self.store.get_user(email_key=key)
         ok = await self._passwords.verify(user.password_hash if user else None, password)
         if user is None or not ok or user.disabled:
             reason = "unknown_email" if user is None else "wrong_password" if not ok else "user_disabled"
             self._audit("login_failure", user_id=user.id if user else None, ip=ip, reason=reason)
             raise InvalidCredentials("the email or password is wrong")
-        self._login_by_ip.release(ip, at=now)
-        self._login_by_email.release(key, at=now)
+        await self.store.give_back_limit(limit_keys, rate=rate)
+        # Only after the password was right, so the answer tells nothing to someone without it.
+        if self.require_verified_email and not await self.store.is_email_verified(user.id):
+            self._audit("login_failure", user_id=user.id, ip=ip, reason="email_not_verified")
+            raise EmailNotVerified("the email address is not verified yet; follow the link in the mail")
         return await self.start_session(user, remember_me=remember_me, user_agent=user_agent, ip=ip)
 
     async def start_session(
@@ -195,12 +206,8 @@ class SessionService:
         token_hash = hash_refresh_token(refresh_token)
         now = self.clock()
         successor = self.keys.successor(refresh_token)
-        # The store calls `admit` inside the rotation, before it changes anything, so a refresh is
-        # one store call; on SQLite that is on the database thread. Nothing else touches this
-        # limiter (login has its own), and that one thread runs operations one at a time, so no two
-        # threads ever mutate it together. set_limits swaps in a new limiter instead of changing
-        # this one, and we keep the one we started with.
-        limiter = self._refresh_limit
+        # The store counts the per-session limit inside the rotation, before it changes anything,
+        # so a refresh is one store call.
         outcome = await self.store.rotate(
             token_hash=token_hash,
             successor_hash=hash_refresh_token(successor),
@@ -208,7 +215,7 @@ class SessionService:
             grace_s=self.cfg.reuse_grace.total_seconds(),
             remember_ttl_s=self.cfg.refresh_ttl.total_seconds(),
             session_ttl_s=self.cfg.session_ttl.total_seconds(),
-            admit=lambda session_id: limiter.take(session_id, now=now),
+            limit=self.limits.refresh,
         )
         session, user = outcome.session, outcome.user
         uid, sid = (user.id if user else None), (session.id if session else None)

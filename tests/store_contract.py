@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from gateway.config import Rate
 from gateway.errors import Conflict
-from gateway.store import Admit, SessionRecord, Store, UserRecord
+from gateway.store import EmailToken, NewMail, SessionRecord, Store, UserRecord
 
 __all__ = ["StoreContract"]
 
@@ -63,7 +64,7 @@ async def _session(
     return record, token_hash
 
 
-async def _rotate(store: Store, token_hash: str, successor_hash: str, *, now: float, admit: Admit | None = None) -> Any:
+async def _rotate(store: Store, token_hash: str, successor_hash: str, *, now: float, limit: Rate | None = None) -> Any:
     return await store.rotate(
         token_hash=token_hash,
         successor_hash=successor_hash,
@@ -71,20 +72,12 @@ async def _rotate(store: Store, token_hash: str, successor_hash: str, *, now: fl
         grace_s=GRACE,
         remember_ttl_s=REMEMBER_TTL,
         session_ttl_s=SESSION_TTL,
-        admit=admit,
+        limit=limit,
     )
 
 
-class _Admit:
-    """An `admit` callback that answers `wait` and records the session ids it was asked about."""
-
-    def __init__(self, wait: int) -> None:
-        self.wait = wait
-        self.asked: list[str] = []
-
-    def __call__(self, session_id: str) -> int:
-        self.asked.append(session_id)
-        return self.wait
+def _mail(recipient: str) -> NewMail:
+    return NewMail(sender="gw@example.com", recipient=recipient, message=f"To: {recipient}\r\n\r\nhello {uuid.uuid4()}\r\n")
 
 
 class StoreContract:
@@ -340,57 +333,111 @@ class StoreContract:
         assert stored is not None and stored.revoked_at is None
         assert (await _rotate(store, second, _hash("third"), now=T0 + 2)).kind == "rotated"
 
-    async def test_rotate_admit_zero_rotates_and_is_asked_once_with_session_id(self, store: Store) -> None:
+    async def test_rotate_limit_allows_count_then_limited_and_changes_nothing(self, store: Store) -> None:
         user = await _user(store)
-        record, first = await _session(store, user)
-        admit = _Admit(0)
-        assert (await _rotate(store, first, _hash("second"), now=T0 + 1, admit=admit)).kind == "rotated"
-        assert admit.asked == [record.id]
-
-    async def test_rotate_admit_refusal_is_limited_and_changes_nothing(self, store: Store) -> None:
-        user = await _user(store)
-        record, first = await _session(store, user)
-        second = _hash("second")
-        admit = _Admit(7)
-        out = await _rotate(store, first, second, now=T0 + 1, admit=admit)
-        assert out.kind == "limited" and out.retry_after == 7
+        record, token = await _session(store, user)
+        rate = Rate(count=2, period_s=60)
+        for i in range(2):
+            nxt = _hash(f"n{i}")
+            assert (await _rotate(store, token, nxt, now=T0 + 1, limit=rate)).kind == "rotated"
+            token = nxt
+        before = await store.find_session(session_id=record.id)
+        refused = _hash("refused")
+        out = await _rotate(store, token, refused, now=T0 + 1, limit=rate)
+        assert out.kind == "limited" and 1 <= out.retry_after <= 30
         assert out.session.id == record.id and out.user.id == user.id
-        assert admit.asked == [record.id]
-        assert await store.find_session(session_id=record.id) == record
-        assert await store.find_session(token_hash=second) is None
-        # the refused token is still current: later it rotates, not "reused"
-        assert (await _rotate(store, first, second, now=T0 + 2)).kind == "rotated"
+        assert await store.find_session(session_id=record.id) == before
+        assert await store.find_session(token_hash=refused) is None
+        # the refused token is still current: once the limit allows, it rotates, not "reused"
+        assert (await _rotate(store, token, refused, now=T0 + 31, limit=rate)).kind == "rotated"
 
-    async def test_rotate_admit_refusal_of_old_token_does_not_revoke(self, store: Store) -> None:
+    async def test_rotate_limit_is_per_session(self, store: Store) -> None:
+        user = await _user(store)
+        _, first = await _session(store, user)
+        _, other = await _session(store, user)
+        rate = Rate(count=1, period_s=60)
+        assert (await _rotate(store, first, _hash("a"), now=T0 + 1, limit=rate)).kind == "rotated"
+        assert (await _rotate(store, other, _hash("b"), now=T0 + 1, limit=rate)).kind == "rotated"
+
+    async def test_rotate_limit_refusal_of_old_token_does_not_revoke(self, store: Store) -> None:
         user = await _user(store)
         record, first = await _session(store, user)
-        await _rotate(store, first, _hash("second"), now=T0 + 1)
-        out = await _rotate(store, first, _hash("forged"), now=T0 + 2, admit=_Admit(3))
+        rate = Rate(count=1, period_s=60)
+        await _rotate(store, first, _hash("second"), now=T0 + 1, limit=rate)
+        out = await _rotate(store, first, _hash("forged"), now=T0 + 2, limit=rate)
         assert out.kind == "limited"
         stored = await store.find_session(session_id=record.id)
         assert stored is not None and stored.revoked_at is None
         assert await store.revocations_since(0) == []
 
-    async def test_rotate_admit_asked_before_other_checks_but_not_for_unknown(self, store: Store) -> None:
+    async def test_rotate_limit_counts_before_other_checks_but_not_for_unknown(self, store: Store) -> None:
         user = await _user(store)
         record, first = await _session(store, user)
         await store.revoke(now=T0 + 1, reason="logout", session_id=record.id)
-        admit = _Admit(5)
-        assert (await _rotate(store, first, _hash("x"), now=T0 + 2, admit=admit)).kind == "limited"
-        assert admit.asked == [record.id]
-        assert (await _rotate(store, first, _hash("x"), now=T0 + 2, admit=_Admit(0))).kind == "invalid"
-        unknown = _Admit(5)
-        out = await _rotate(store, _hash("unknown"), _hash("x"), now=T0 + 2, admit=unknown)
-        assert out.kind == "invalid" and unknown.asked == []
+        rate = Rate(count=1, period_s=60)
+        assert (await _rotate(store, first, _hash("x"), now=T0 + 2, limit=rate)).kind == "invalid"
+        assert (await _rotate(store, first, _hash("x"), now=T0 + 2, limit=rate)).kind == "limited"
+        for _ in range(3):
+            assert (await _rotate(store, _hash("unknown"), _hash("x"), now=T0 + 2, limit=rate)).kind == "invalid"
 
-    async def test_rotate_50_concurrent_with_admit_each_asked_once(self, store: Store) -> None:
+    async def test_rotate_50_concurrent_with_limit_one_rotated_rest_twins_or_limited(self, store: Store) -> None:
         user = await _user(store)
         _, first = await _session(store, user)
         second = _hash("second")
-        admit = _Admit(0)
-        outcomes = await asyncio.gather(*(_rotate(store, first, second, now=T0 + 1, admit=admit) for _ in range(50)))
-        assert sorted(o.kind for o in outcomes) == ["rotated"] + ["twin"] * 49
-        assert len(admit.asked) == 50
+        rate = Rate(count=10, period_s=60)
+        outcomes = await asyncio.gather(*(_rotate(store, first, second, now=T0 + 1, limit=rate) for _ in range(50)))
+        assert sorted(o.kind for o in outcomes) == ["limited"] * 40 + ["rotated"] + ["twin"] * 9
+
+    # -- shared rate limits --------------------------------------------------------------------
+
+    async def test_take_limit_allows_count_at_once_then_waits_one_interval(self, store: Store) -> None:
+        rate = Rate(count=3, period_s=60)
+        assert [await store.take_limit(["k"], rate=rate, now=T0) for _ in range(3)] == [0, 0, 0]
+        wait = await store.take_limit(["k"], rate=rate, now=T0)
+        assert wait == 20
+        assert await store.take_limit(["k"], rate=rate, now=T0 + 19) > 0
+        assert await store.take_limit(["k"], rate=rate, now=T0 + 20) == 0
+        assert await store.take_limit(["k"], rate=rate, now=T0 + 20) > 0
+
+    async def test_take_limit_keys_are_independent(self, store: Store) -> None:
+        rate = Rate(count=1, period_s=60)
+        assert await store.take_limit(["a"], rate=rate, now=T0) == 0
+        assert await store.take_limit(["b"], rate=rate, now=T0) == 0
+        assert await store.take_limit(["a"], rate=rate, now=T0) > 0
+
+    async def test_take_limit_refused_on_one_key_takes_nothing_from_the_others(self, store: Store) -> None:
+        rate = Rate(count=2, period_s=60)
+        assert await store.take_limit(["ip", "email"], rate=rate, now=T0) == 0
+        assert await store.take_limit(["email"], rate=rate, now=T0) == 0
+        assert await store.take_limit(["ip", "email"], rate=rate, now=T0) > 0  # email is spent
+        assert await store.take_limit(["ip"], rate=rate, now=T0) == 0  # ip still had one left
+
+    async def test_take_limit_after_a_full_period_allows_count_again(self, store: Store) -> None:
+        rate = Rate(count=2, period_s=60)
+        for _ in range(2):
+            assert await store.take_limit(["k"], rate=rate, now=T0) == 0
+        assert await store.take_limit(["k"], rate=rate, now=T0 + 60) == 0
+        assert await store.take_limit(["k"], rate=rate, now=T0 + 60) == 0
+        assert await store.take_limit(["k"], rate=rate, now=T0 + 60) > 0
+
+    async def test_give_back_limit_returns_one_hit(self, store: Store) -> None:
+        rate = Rate(count=1, period_s=60)
+        assert await store.take_limit(["a", "b"], rate=rate, now=T0) == 0
+        await store.give_back_limit(["a", "b"], rate=rate)
+        assert await store.take_limit(["a", "b"], rate=rate, now=T0) == 0
+        assert await store.take_limit(["a"], rate=rate, now=T0) > 0
+        await store.give_back_limit(["never-seen"], rate=rate)
+
+    async def test_take_limit_100_concurrent_allow_exactly_count(self, store: Store) -> None:
+        rate = Rate(count=7, period_s=3600)
+        waits = await asyncio.gather(*(store.take_limit(["ip:x", "email:y"], rate=rate, now=T0) for _ in range(100)))
+        assert waits.count(0) == 7
+
+    async def test_prune_forgets_limits_in_the_past(self, store: Store) -> None:
+        rate = Rate(count=1, period_s=60)
+        assert await store.take_limit(["k"], rate=rate, now=T0) == 0
+        await store.prune(now=T0 + 61, revocations_before=T0)
+        assert await store.take_limit(["k"], rate=rate, now=T0) == 0
 
     # -- revoke and listing --------------------------------------------------------------------
 
@@ -586,3 +633,142 @@ class StoreContract:
         assert await store.remove_client("cl_a", now=T0 + 6, version=2**62) is False
         changes = await store.access_changes_since(0)
         assert [(c.subject, c.version, c.changed_at) for c in changes] == [("cl_a", 2**62, T0 + 5)]
+    # -- accounts and the mail outbox (issue 12) -----------------------------------------------
+
+    async def test_signup_user_is_unverified_with_token_and_mail(self, store: Store) -> None:
+        created = await store.signup_user(
+            user_id="u-s", email="New@Example.com", email_key="new@example.com", password_hash="h", now=T0,
+            token=EmailToken(_hash("v"), "verify", T0 + 100), mail=_mail("new@example.com"),
+        )  # fmt: skip
+        assert created is True
+        user = await store.get_user(email_key="new@example.com")
+        assert user is not None and user.email == "New@Example.com"
+        assert await store.unverified_user_ids() == {"u-s"}
+        assert await store.is_email_verified("u-s") is False
+        claimed = await store.claim_mail(now=T0, lease_s=60, limit=10)
+        assert [(m.recipient, m.attempts) for m in claimed] == [("new@example.com", 1)]
+
+    async def test_signup_user_existing_email_writes_nothing(self, store: Store) -> None:
+        existing = await _user(store, "taken@example.com")
+        created = await store.signup_user(
+            user_id="u-x", email="taken@example.com", email_key="taken@example.com", password_hash="h", now=T0,
+            token=EmailToken(_hash("v"), "verify", T0 + 100), mail=_mail("taken@example.com"),
+        )  # fmt: skip
+        assert created is False
+        assert await store.get_user(email_key="taken@example.com") == existing
+        assert await store.unverified_user_ids() == set()
+        assert await store.claim_mail(now=T0, lease_s=60, limit=10) == []
+
+    async def test_users_made_by_create_user_are_verified(self, store: Store) -> None:
+        user = await _user(store)
+        assert await store.unverified_user_ids() == set()
+        assert await store.is_email_verified(user.id) is True
+        assert await store.is_email_verified("no-such-id") is False
+
+    async def test_redeem_verify_token_once_verifies(self, store: Store) -> None:
+        token = _hash("v")
+        await store.signup_user(
+            user_id="u-v", email="v@example.com", email_key="v@example.com", password_hash="h", now=T0,
+            token=EmailToken(token, "verify", T0 + 100), mail=_mail("v@example.com"),
+        )  # fmt: skip
+        assert await store.redeem_email_token(token, kind="reset", now=T0 + 1) is None  # wrong kind
+        assert await store.redeem_email_token(token, kind="verify", now=T0 + 1) == ("u-v", [])
+        assert await store.unverified_user_ids() == set()
+        assert await store.redeem_email_token(token, kind="verify", now=T0 + 2) is None
+
+    async def test_redeem_expired_token_is_none(self, store: Store) -> None:
+        user = await _user(store)
+        token = _hash("r")
+        await store.issue_email_token(user.id, token=EmailToken(token, "reset", T0 + 10), mail=_mail(user.email), now=T0)
+        assert await store.redeem_email_token(token, kind="reset", now=T0 + 10, password_hash="new") is None
+
+    async def test_newer_token_voids_older_of_same_kind_only(self, store: Store) -> None:
+        user = await _user(store)
+        old_reset, new_reset, verify = _hash("r1"), _hash("r2"), _hash("v")
+        await store.issue_email_token(user.id, token=EmailToken(old_reset, "reset", T0 + 99), mail=_mail(user.email), now=T0)
+        await store.issue_email_token(user.id, token=EmailToken(verify, "verify", T0 + 99), mail=_mail(user.email), now=T0)
+        await store.issue_email_token(user.id, token=EmailToken(new_reset, "reset", T0 + 99), mail=_mail(user.email), now=T0)
+        assert await store.redeem_email_token(old_reset, kind="reset", now=T0 + 1, password_hash="x") is None
+        assert await store.redeem_email_token(verify, kind="verify", now=T0 + 1) == (user.id, [])
+        out = await store.redeem_email_token(new_reset, kind="reset", now=T0 + 1, password_hash="x")
+        assert out is not None and out[0] == user.id
+
+    async def test_redeem_reset_sets_password_and_revokes_every_session(self, store: Store) -> None:
+        user = await _user(store)
+        one, _ = await _session(store, user)
+        two, _ = await _session(store, user)
+        token = _hash("r")
+        await store.issue_email_token(user.id, token=EmailToken(token, "reset", T0 + 99), mail=_mail(user.email), now=T0)
+        out = await store.redeem_email_token(token, kind="reset", now=T0 + 1, password_hash="new-hash")
+        assert out is not None and sorted(out[1]) == sorted([one.id, two.id])
+        stored = await store.get_user(user_id=user.id)
+        assert stored is not None and stored.password_hash == "new-hash"
+        assert {e.session_id for e in await store.revocations_since(0)} == {one.id, two.id}
+
+    async def test_redeem_token_of_disabled_user_is_none(self, store: Store) -> None:
+        user = await _user(store)
+        token = _hash("r")
+        await store.issue_email_token(user.id, token=EmailToken(token, "reset", T0 + 99), mail=_mail(user.email), now=T0)
+        await store.update_user(user.id, now=T0, disabled=True)
+        assert await store.redeem_email_token(token, kind="reset", now=T0 + 1, password_hash="x") is None
+        stored = await store.get_user(user_id=user.id)
+        assert stored is not None and stored.password_hash == "argon2-hash"
+
+    async def test_redeem_20_concurrent_same_token_one_wins(self, store: Store) -> None:
+        user = await _user(store)
+        token = _hash("r")
+        await store.issue_email_token(user.id, token=EmailToken(token, "reset", T0 + 99), mail=_mail(user.email), now=T0)
+        outs = await asyncio.gather(
+            *(store.redeem_email_token(token, kind="reset", now=T0 + 1, password_hash=f"h{i}") for i in range(20))
+        )
+        assert sum(o is not None for o in outs) == 1
+
+    async def test_set_email_verified(self, store: Store) -> None:
+        await store.signup_user(
+            user_id="u-m", email="m@example.com", email_key="m@example.com", password_hash="h", now=T0,
+            token=EmailToken(_hash("v"), "verify", T0 + 100), mail=_mail("m@example.com"),
+        )  # fmt: skip
+        await store.set_email_verified("u-m", now=T0 + 1)
+        assert await store.unverified_user_ids() == set()
+        assert await store.is_email_verified("u-m") is True
+
+    async def test_change_password_keeps_one_session_revokes_others(self, store: Store) -> None:
+        user = await _user(store)
+        keep, _ = await _session(store, user)
+        other, _ = await _session(store, user)
+        revoked = await store.change_password(user.id, password_hash="new", now=T0 + 1, keep_session_id=keep.id)
+        assert revoked == [other.id]
+        assert [s.id for s in await store.list_sessions(user.id, now=T0 + 1)] == [keep.id]
+        stored = await store.get_user(user_id=user.id)
+        assert stored is not None and stored.password_hash == "new"
+
+    async def test_claim_mail_leases_each_mail_once_until_the_lease_expires(self, store: Store) -> None:
+        for i in range(3):
+            await store.enqueue_mail(_mail(f"r{i}@example.com"), now=T0)
+        first = await store.claim_mail(now=T0, lease_s=60, limit=2)
+        second = await store.claim_mail(now=T0 + 1, lease_s=60, limit=10)
+        assert [m.recipient for m in first] == ["r0@example.com", "r1@example.com"]
+        assert [m.recipient for m in second] == ["r2@example.com"]
+        assert await store.claim_mail(now=T0 + 59, lease_s=60, limit=10) == []
+        await store.mail_sent(first[0].id, now=T0 + 2)
+        again = await store.claim_mail(now=T0 + 61, lease_s=60, limit=10)  # leases of 2 and 3 ran out
+        assert [(m.recipient, m.attempts) for m in again] == [("r1@example.com", 2), ("r2@example.com", 2)]
+
+    async def test_claim_mail_concurrent_claims_never_share_a_mail(self, store: Store) -> None:
+        for i in range(30):
+            await store.enqueue_mail(_mail(f"c{i}@example.com"), now=T0)
+        batches = await asyncio.gather(*(store.claim_mail(now=T0, lease_s=60, limit=4) for _ in range(12)))
+        ids = [m.id for batch in batches for m in batch]
+        assert len(ids) == len(set(ids)) == 30
+
+    async def test_mail_failed_retries_from_retry_at_or_never(self, store: Store) -> None:
+        await store.enqueue_mail(_mail("a@example.com"), now=T0)
+        await store.enqueue_mail(_mail("b@example.com"), now=T0)
+        a, b = await store.claim_mail(now=T0, lease_s=60, limit=10)
+        await store.mail_failed(a.id, now=T0 + 1, retry_at=T0 + 30, error="connection refused")
+        await store.mail_failed(b.id, now=T0 + 1, retry_at=None, error="550 no such user")
+        assert await store.claim_mail(now=T0 + 29, lease_s=60, limit=10) == []
+        retried = await store.claim_mail(now=T0 + 30, lease_s=60, limit=10)
+        assert [(m.recipient, m.attempts, m.message) for m in retried] == [("a@example.com", 2, a.message)]
+        await store.mail_sent(a.id, now=T0 + 31)
+        assert await store.claim_mail(now=T0 + 9999, lease_s=60, limit=10) == []  # b gave up, a is sent

@@ -445,7 +445,7 @@ def test_masked_prints_durations_and_rates_as_written_in_toml(tmp_path: Path) ->
     assert view["tokens"]["refresh_ttl"] == "30d"
     assert view["tokens"]["session_ttl"] == "12h"
     assert view["tokens"]["leeway"] == "0s"
-    assert view["limits"] == {"login": "10/minute", "refresh": "60/minute"}
+    assert view["limits"] == {"login": "10/minute", "refresh": "60/minute", "email": "5/hour"}
     assert view["routes"][0]["timeout"] == "30s"
 
 
@@ -476,3 +476,61 @@ def test_config_repr_does_not_show_secrets(tmp_path: Path) -> None:
     cfg = _load(tmp_path, '[store]\nurl = "postgresql://gw:Db-PassWord-42@db/gateway"\n' + _doc())
     assert SECRET not in repr(cfg)
     assert "Db-PassWord-42" not in repr(cfg)
+
+
+# -- accounts and mail (issue 12) ----------------------------------------------------------------
+
+
+def _accounts_doc(accounts: str = "", email: str = "", limits: str = "") -> str:
+    return _doc(limits=limits) + f"\n[accounts]\n{accounts}\n[email]\n{email}\n"
+
+
+def test_load_config_accounts_email_and_email_limit_parse(tmp_path: Path) -> None:
+    cfg = _load(
+        tmp_path,
+        _accounts_doc(
+            'signup = true\nrequire_verified_email = true\nverify_ttl = "2h"\nreset_ttl = 600\nlink_base = "https://app.example.com/"',
+            'smtp_url = "smtps://mailer:p%40ss@smtp.example.com:465"\nfrom = "Example <no-reply@example.com>"',
+            'email = "3/day"',
+        ),
+    )
+    assert cfg.accounts.signup and cfg.accounts.require_verified_email
+    assert (cfg.accounts.verify_ttl, cfg.accounts.reset_ttl) == (timedelta(hours=2), timedelta(minutes=10))
+    assert cfg.accounts.link_base == "https://app.example.com"
+    assert cfg.email.smtp_url == "smtps://mailer:p%40ss@smtp.example.com:465"
+    assert cfg.email.sender == "Example <no-reply@example.com>"
+    assert cfg.limits.email == Rate(count=3, period_s=86400)
+    shown = json.dumps(masked(cfg))
+    assert "p%40ss" not in shown and "mailer:***@smtp.example.com" in shown
+    assert masked(cfg)["email"]["from"] == "Example <no-reply@example.com>"  # type: ignore[index]
+    assert "p%40ss" not in repr(cfg)
+
+
+def test_load_config_accounts_defaults_are_off(tmp_path: Path) -> None:
+    cfg = _load(tmp_path, _doc())
+    assert not cfg.accounts.signup and not cfg.accounts.require_verified_email
+    assert (cfg.accounts.verify_ttl, cfg.accounts.reset_ttl) == (timedelta(hours=24), timedelta(minutes=30))
+    assert cfg.limits.email == Rate(count=5, period_s=3600)
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        pytest.param(_accounts_doc("signup = 1"), "accounts.signup", id="int-for-bool"),
+        pytest.param(_accounts_doc('verify_ttl = "0s"'), "accounts.verify_ttl", id="zero-ttl"),
+        pytest.param(_accounts_doc('reset_ttl = "soon"'), "accounts.reset_ttl", id="bad-ttl"),
+        pytest.param(_accounts_doc('link_base = "javascript:alert(1)"'), "accounts.link_base", id="bad-link-base"),
+        pytest.param(_accounts_doc('link_base = "https://x/?a=1"'), "accounts.link_base", id="link-base-query"),
+        pytest.param(_accounts_doc("bogus = 1"), "accounts.bogus", id="unknown-accounts-key"),
+        pytest.param(_accounts_doc(email='smtp_url = "http://mail:25"'), "email.smtp_url", id="bad-scheme"),
+        pytest.param(_accounts_doc(email='smtp_url = "smtp://"'), "email.smtp_url", id="no-host"),
+        pytest.param(_accounts_doc(email='smtp_url = "smtp://h:99999"'), "email.smtp_url", id="bad-port"),
+        pytest.param(_accounts_doc(email='from = "not an address"'), "email.from", id="bad-from"),
+        pytest.param(_accounts_doc(email='from = "a@b.c\\r\\nBcc: x@evil.example"'), "email.from", id="from-crlf"),
+        pytest.param(_accounts_doc(email="port = 25"), "email.port", id="unknown-email-key"),
+        pytest.param(_accounts_doc(limits='email = "5/fortnight"'), "limits.email", id="bad-email-rate"),
+    ],
+)
+def test_load_config_bad_accounts_value_is_reported_at_its_path(tmp_path: Path, text: str, path: str) -> None:
+    problems = _problems(tmp_path, text)
+    assert any(p.startswith(f"{path}: ") for p in problems), problems

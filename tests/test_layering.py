@@ -12,7 +12,6 @@ PURE = [
     "gateway.log",
     "gateway.tokens",
     "gateway.paths",
-    "gateway.limits",
     "gateway.revocations",
     "gateway.store",
     "gateway.store.sqlite",
@@ -30,6 +29,13 @@ PURE = [
     "gateway.policy",
     "gateway.clients",
     "gateway.policy_check",
+    # issue 12: accounts
+    "gateway.store.sqlite_accounts",
+    "gateway.accounts.mail",
+    "gateway.accounts.mailer",
+    "gateway.accounts.outbox",
+    "gateway.accounts.service",
+    "gateway.accounts.openapi",
 ]
 
 

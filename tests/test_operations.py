@@ -104,7 +104,12 @@ async def test_openapi_document_lists_auth_endpoints(make_gateway: MakeGateway, 
     client = await make_gateway(make_config(server={"auth_prefix": "/gw"}))
     doc = await (await client.get("/gw/openapi.json")).json()
     assert doc["openapi"] == "3.1.0"
-    assert set(doc["paths"]) == {"/gw/login", "/gw/refresh-token", "/gw/logout", "/gw/logout-all", "/gw/sessions", "/gw/sessions/{id}", "/gw/token"}
+    assert set(doc["paths"]) >= {"/gw/login", "/gw/refresh-token", "/gw/logout", "/gw/logout-all", "/gw/sessions", "/gw/sessions/{id}", "/gw/token"}
+    # issue 12: accounts
+    assert set(doc["paths"]) >= {
+        "/gw/signup", "/gw/verify-email", "/gw/verify-email/resend", "/gw/password/forgot", "/gw/password/reset",
+        "/gw/reset-password", "/gw/password/change",
+    }  # fmt: skip
 
 
 class _TcpRelay:
@@ -179,6 +184,10 @@ shutdown_timeout = "10s"
 url = "sqlite:///{tmp_path / 'gw.db'}"
 [tokens]
 secret = "{SECRET}"
+[accounts]
+signup = true
+[email]
+smtp_url = "smtp://127.0.0.1:1"
 [[routes]]
 prefix = "/api"
 upstream = "http://127.0.0.1:{upstream_port}"

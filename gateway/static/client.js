@@ -212,6 +212,39 @@ export function createAuthClient({ prefix = '/auth', fetchImpl } = {}) {
     }
   }
 
+  // -- self-service accounts (issue 12) --
+  async function accountPost(path, body) {
+    const res = await post(path, body);
+    if (!res.ok) throw await errorFrom(res);
+    return res.status;
+  }
+
+  // 202 whatever the address (the answer tells nothing); the mail carries the verification link.
+  async function signup(email, password) {
+    return accountPost('/signup', { email, password });
+  }
+
+  async function forgotPassword(email) {
+    return accountPost('/password/forgot', { email });
+  }
+
+  // The token comes from the reset link (`?token=...`); every session of the user ends.
+  async function resetPassword(token, password) {
+    return accountPost('/password/reset', { token, password });
+  }
+
+  // Keeps this session, ends the others; a wrong current password throws AuthError (403 invalid_credentials).
+  async function changePassword(currentPassword, password) {
+    const res = await authFetch(`${prefix}/password/change`, {
+      method: 'POST',
+      credentials: 'include',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ current_password: currentPassword, password }),
+    });
+    if (res.status !== 204) throw await errorFrom(res);
+    return true;
+  }
+
   return {
     fetch: authFetch,
     websocket,
@@ -221,6 +254,10 @@ export function createAuthClient({ prefix = '/auth', fetchImpl } = {}) {
     sessions,
     revokeSession,
     refresh,
+    signup,
+    forgotPassword,
+    resetPassword,
+    changePassword,
     get authenticated() { return accessToken !== null; },
     get claims() { return claimsOf(accessToken); },
     addEventListener: events.addEventListener.bind(events),

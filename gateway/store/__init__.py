@@ -6,21 +6,27 @@ or hold a token in plaintext (the store sees refresh-token hashes only).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from gateway.config import StoreConfig
+from gateway.config import Rate, StoreConfig
 
 __all__ = [
     "AccessChange",
-    "Admit",
     "ClientRecord",
+    "GCRA_SLACK",
+    "EmailToken",
+    "NewMail",
+    "OutboxMail",
     "RevocationEvent",
     "RotateOutcome",
     "SessionRecord",
     "Store",
     "UserRecord",
+    "gcra_interval",
+    "gcra_wait",
     "open_store",
 ]
 
@@ -62,9 +68,24 @@ class SessionRecord:
     idp: str = ""
 
 
-# Called with the session id of a known token before `rotate` changes anything; returns 0 to go on,
-# else the whole seconds the caller must wait. Backends may call it on their own thread (see rotate).
-Admit = Callable[[str], int]
+# -- shared rate limits (issue 12) ----------------------------------------------------------------
+# Every backend counts limits with GCRA (the generic cell rate algorithm) on one row per key holding
+# the "theoretical arrival time" `tat`: a hit at `now` is allowed when max(tat, now) + interval - now
+# <= period, and then moves tat by one interval. That is one upsert statement per key, so a check is
+# one round trip and every process sharing the store sees the same count. `count` hits may come at
+# once; after that one per `period / count` (a rate, as `10/minute` reads, with a burst of `count`).
+# Float slack, so that `count` hits at one instant are not refused by a rounding error.
+GCRA_SLACK = 1e-6
+
+
+def gcra_interval(rate: Rate) -> float:
+    """Seconds one hit takes out of the allowance."""
+    return rate.period_s / rate.count
+
+
+def gcra_wait(tat: float, *, rate: Rate, now: float) -> int:
+    """Whole seconds until a refused key (row time `tat`) allows one more hit; at least 1."""
+    return max(1, math.ceil(max(tat, now) + gcra_interval(rate) - rate.period_s - now))
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +95,7 @@ class RotateOutcome:
     `rotated`: the token was current and is now dead; `twin`: it was rotated within the grace window
     and its successor is still current, so the caller answers with that same successor; `reused`: an
     old token came back, the session is now revoked; `invalid`: unknown, expired, revoked or disabled;
-    `limited`: `admit` refused the session (nothing changed), wait `retry_after` seconds.
+    `limited`: the session's refresh limit refused it (nothing changed), wait `retry_after` seconds.
     """
 
     kind: Literal["rotated", "twin", "reused", "invalid", "limited"]
@@ -113,6 +134,36 @@ class ClientRecord:
     secret_hash: str
     scopes: tuple[str, ...]
     created_at: float
+# -- accounts and the mail outbox (issue 12) -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EmailToken:
+    """A verification or reset token to store: only its hash, its kind and when it expires."""
+
+    token_hash: str
+    kind: Literal["verify", "reset"]
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewMail:
+    """A rendered mail for the outbox: envelope sender and recipient, and the whole RFC 5322 text."""
+
+    sender: str
+    recipient: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMail:
+    """A mail claimed from the outbox; `attempts` counts this one."""
+
+    id: int
+    sender: str
+    recipient: str
+    message: str
+    attempts: int
 
 
 class Store(Protocol):
@@ -144,13 +195,13 @@ class Store(Protocol):
         grace_s: float,
         remember_ttl_s: float,
         session_ttl_s: float,
-        admit: Admit | None = None,
+        limit: Rate | None = None,
     ) -> RotateOutcome:
         """Atomically rotates `token_hash` to `successor_hash` (see RotateOutcome for the cases).
 
-        When the token is known (in any state), `admit(session_id)` is called exactly once, inside the
-        operation and before any other check or change; a non-zero answer ends it as `limited`. It may
-        run on a backend's own thread, one call at a time, so it must not touch the event loop.
+        With `limit`, a known token (in any state) takes one hit from the limit of key
+        `refresh:<session id>` inside the same operation, before any other check or change; a refusal
+        ends it as `limited`. So a limited refresh is still one store call.
         """
 
     async def find_session(self, *, token_hash: str | None = None, session_id: str | None = None) -> SessionRecord | None:
@@ -196,6 +247,56 @@ class Store(Protocol):
     async def remove_client(self, client_id: str, *, now: float, version: int) -> bool:
         """Deletes a client and logs (client_id, version) in the grant-change log, in one transaction;
         False when there was no such client."""
+    # -- shared rate limits (issue 12) ------------------------------------------------------------
+
+    async def take_limit(self, keys: Sequence[str], *, rate: Rate, now: float) -> int:
+        """One hit on each (distinct) key if every one of them allows it, else none; 0 or the seconds to wait."""
+
+    async def give_back_limit(self, keys: Sequence[str], *, rate: Rate) -> None:
+        """Returns one hit to each key (a reserved attempt that turned out not to count)."""
+
+    # -- accounts and the mail outbox (issue 12) ---------------------------------------------------
+
+    async def signup_user(
+        self, *, user_id: str, email: str, email_key: str, password_hash: str, now: float, token: EmailToken, mail: NewMail
+    ) -> bool:
+        """Creates an unverified user with its first verification token and mail, atomically; False
+        (nothing written) when `email_key` exists."""
+
+    async def issue_email_token(self, user_id: str, *, token: EmailToken, mail: NewMail, now: float) -> None:
+        """Voids the user's unused tokens of `token.kind`, stores this one and queues its mail, atomically."""
+
+    async def redeem_email_token(
+        self, token_hash: str, *, kind: str, now: float, password_hash: str | None = None
+    ) -> tuple[str, list[str]] | None:
+        """Uses up a live token of `kind` of an enabled user: marks the address verified and, with
+        `password_hash` (a reset), sets it and revokes every session. Returns (user id, revoked
+        session ids), or None when the token is unknown, used, voided, expired or its user disabled."""
+
+    async def set_email_verified(self, user_id: str, *, now: float) -> None:
+        """Marks the user's address verified (`gateway users verify`)."""
+
+    async def is_email_verified(self, user_id: str) -> bool:
+        """Whether the user's address is verified (False for an unknown id)."""
+
+    async def unverified_user_ids(self) -> set[str]:
+        """Ids of users whose address is not verified (users made by sign-up, until they verify)."""
+
+    async def change_password(self, user_id: str, *, password_hash: str, now: float, keep_session_id: str) -> list[str]:
+        """Sets a new password and revokes every live session of the user but `keep_session_id`."""
+
+    async def enqueue_mail(self, mail: NewMail, *, now: float) -> None:
+        """Queues a mail for the sender task."""
+
+    async def claim_mail(self, *, now: float, lease_s: float, limit: int) -> list[OutboxMail]:
+        """Atomically leases up to `limit` due, unsent mails (their lease expired or never taken), so
+        each is handed to one sender at a time across every process; counts an attempt on each."""
+
+    async def mail_sent(self, mail_id: int, *, now: float) -> None:
+        """Marks a mail delivered and drops its text (it holds a token)."""
+
+    async def mail_failed(self, mail_id: int, *, now: float, retry_at: float | None, error: str) -> None:
+        """Ends the lease after a failed attempt: retried from `retry_at`, or never again when None."""
 
     async def ping(self) -> None:
         """Raises StoreUnavailable when the store cannot answer."""

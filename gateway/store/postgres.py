@@ -6,13 +6,26 @@ Must not: import aiohttp, tokens or another backend; or rotate a token without h
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import asyncpg
 
+from gateway.config import Rate
 from gateway.errors import Conflict, StoreError, StoreUnavailable
-from gateway.store import AccessChange, Admit, ClientRecord, RevocationEvent, RotateOutcome, SessionRecord, UserRecord
+from gateway.store import (
+    GCRA_SLACK,
+    AccessChange,
+    ClientRecord,
+    RevocationEvent,
+    RotateOutcome,
+    SessionRecord,
+    UserRecord,
+    gcra_interval,
+    gcra_wait,
+)
+from gateway.store.postgres_accounts import ACCOUNTS_MIGRATION, PostgresAccounts
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
@@ -84,6 +97,16 @@ MIGRATIONS: tuple[str, ...] = (
         created_at DOUBLE PRECISION NOT NULL
     );
     """,
+    # issue 12: shared rate limits (GCRA, see gateway.store)
+    """
+    CREATE TABLE rate_limits (
+        key TEXT PRIMARY KEY,
+        tat DOUBLE PRECISION NOT NULL,
+        allowed BOOLEAN NOT NULL
+    );
+    """,
+    # issue 12: email verification, email tokens, the mail outbox (see postgres_accounts)
+    ACCOUNTS_MIGRATION,
 )
 
 _MIGRATION_LOCK = 0x6761_7465_7761_79  # arbitrary constants shared by every gateway instance
@@ -125,11 +148,12 @@ def _client(r: Any) -> ClientRecord:
     return ClientRecord(id=r[0], name=r[1], secret_hash=r[2], scopes=tuple(r[3].split()), created_at=r[4])
 
 
-class PostgresStore:
+class PostgresStore(PostgresAccounts):
     """`Store` on PostgreSQL through an asyncpg pool."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._revoke = _revoke_where
 
     @classmethod
     async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> PostgresStore:
@@ -235,7 +259,7 @@ class PostgresStore:
         grace_s: float,
         remember_ttl_s: float,
         session_ttl_s: float,
-        admit: Admit | None = None,
+        limit: Rate | None = None,
     ) -> RotateOutcome:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
@@ -253,9 +277,8 @@ class PostgresStore:
                     token["session_id"], token["successor_hash"],
                 )  # fmt: skip
                 session, user, child_is_current = _session(row), _user(row, _N_SESSION), bool(row[_N_SESSION + _N_USER])
-                # On the event loop here, between awaits, so calls never overlap; leaving the block
-                # without a change ends the transaction with nothing written.
-                if admit is not None and (wait := admit(session.id)):
+                # In this transaction, so a refresh stays one store call; a refusal changes no token.
+                if limit is not None and (wait := await _take(conn, [f"refresh:{session.id}"], rate=limit, now=now)):
                     return RotateOutcome(kind="limited", session=session, user=user, reason="rate_limited", retry_after=wait)
                 if session.revoked_at is not None:
                     return RotateOutcome(kind="invalid", session=session, user=user, reason="revoked")
@@ -334,6 +357,7 @@ class PostgresStore:
                 status = await conn.execute("DELETE FROM sessions WHERE absolute_expires_at < $1", now)
                 await conn.execute("DELETE FROM revocations WHERE revoked_at < $1", revocations_before)
                 await conn.execute("DELETE FROM access_changes WHERE changed_at < $1", revocations_before)
+                await conn.execute("DELETE FROM rate_limits WHERE tat < $1", now)  # a row in the past counts nothing
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
         return int(status.split()[-1])
@@ -398,6 +422,21 @@ class PostgresStore:
             raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
         return True
 
+    # -- shared rate limits (issue 12) ------------------------------------------------------------
+
+    async def take_limit(self, keys: Sequence[str], *, rate: Rate, now: float) -> int:
+        try:
+            async with self._pool.acquire() as conn:
+                return await _take(conn, keys, rate=rate, now=now)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+
+    async def give_back_limit(self, keys: Sequence[str], *, rate: Rate) -> None:
+        try:
+            await self._pool.execute(_GIVE_BACK, sorted(set(keys)), gcra_interval(rate))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+
     async def ping(self) -> None:
         await self._fetch("SELECT 1")
 
@@ -405,11 +444,11 @@ class PostgresStore:
         await self._pool.close()
 
 
-async def _revoke_where(conn: asyncpg.Connection, where: str, param: Any, *, now: float, reason: str) -> list[str]:
-    """Revokes the live sessions matching `where` (which names its parameter $3) and logs each revocation."""
+async def _revoke_where(conn: asyncpg.Connection, where: str, *params: Any, now: float, reason: str) -> list[str]:
+    """Revokes the live sessions matching `where` (its parameters are $3, $4...) and logs each revocation."""
     rows = await conn.fetch(
         f"UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE {where} AND revoked_at IS NULL RETURNING id",
-        now, reason, param,
+        now, reason, *params,
     )  # fmt: skip
     ids = [r[0] for r in rows]
     if ids:
@@ -422,3 +461,31 @@ async def _log_access_change(conn: asyncpg.Connection, subject: str, version: in
     """Appends to the grant-change log; the lock held to commit keeps seq order equal to commit order."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", _ACCESS_LOCK)
     await conn.execute("INSERT INTO access_changes (subject, version, changed_at) VALUES ($1, $2, $3)", subject, version, now)
+
+
+# All keys in one statement (one round trip). ON CONFLICT DO UPDATE locks each row and reads its
+# latest committed version, so concurrent hits from any number of instances serialize per key; keys
+# are sorted so two statements never wait on each other's rows. SET expressions read the old row.
+_GCRA = (
+    "INSERT INTO rate_limits AS r (key, tat, allowed)"
+    " SELECT k, $2::float8 + $3::float8, TRUE FROM unnest($1::text[]) AS k"
+    " ON CONFLICT (key) DO UPDATE SET"
+    " allowed = GREATEST(r.tat, $2::float8) + $3::float8 - $2::float8 <= $4::float8,"
+    " tat = CASE WHEN GREATEST(r.tat, $2::float8) + $3::float8 - $2::float8 <= $4::float8"
+    " THEN GREATEST(r.tat, $2::float8) + $3::float8 ELSE r.tat END"
+    " RETURNING key, allowed, tat"
+)
+_GIVE_BACK = "UPDATE rate_limits SET tat = tat - $2::float8 WHERE key = ANY($1::text[])"
+
+
+async def _take(conn: asyncpg.Connection, keys: Sequence[str], *, rate: Rate, now: float) -> int:
+    """GCRA hit on every key in one statement; a refusal gives back the hits it took."""
+    interval = gcra_interval(rate)
+    rows = await conn.fetch(_GCRA, sorted(set(keys)), now, interval, rate.period_s + GCRA_SLACK)
+    refused = [r for r in rows if not r["allowed"]]
+    if not refused:
+        return 0
+    taken = sorted(r["key"] for r in rows if r["allowed"])
+    if taken:
+        await conn.execute(_GIVE_BACK, taken, interval)
+    return max(gcra_wait(r["tat"], rate=rate, now=now) for r in refused)

@@ -12,13 +12,25 @@ than BEGIN IMMEDIATE (other processes on the same file queue behind the busy tim
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.config import Rate
 from gateway.errors import Conflict, StoreError, StoreUnavailable
-from gateway.store import AccessChange, Admit, ClientRecord, RevocationEvent, RotateOutcome, SessionRecord, UserRecord
+from gateway.store import (
+    GCRA_SLACK,
+    AccessChange,
+    ClientRecord,
+    RevocationEvent,
+    RotateOutcome,
+    SessionRecord,
+    UserRecord,
+    gcra_interval,
+    gcra_wait,
+)
+from gateway.store.sqlite_accounts import ACCOUNTS_MIGRATION, SqliteAccounts
 from gateway.store.sqlite_runner import Op, Runner
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
@@ -94,6 +106,16 @@ MIGRATIONS: tuple[str, ...] = (
         created_at REAL NOT NULL
     );
     """,
+    # issue 12: shared rate limits (GCRA, see gateway.store)
+    """
+    CREATE TABLE rate_limits (
+        key TEXT PRIMARY KEY,
+        tat REAL NOT NULL,
+        allowed INTEGER NOT NULL
+    );
+    """,
+    # issue 12: email verification, email tokens, the mail outbox (see sqlite_accounts)
+    ACCOUNTS_MIGRATION,
 )
 
 _SESSION_COLS = (
@@ -178,10 +200,11 @@ def _migrate(db: sqlite3.Connection) -> None:
     db.execute("COMMIT")
 
 
-class SqliteStore:
+class SqliteStore(SqliteAccounts):
     """`Store` on one SQLite file through one connection, owned by one thread, per process."""
 
     def __init__(self, runner: Runner) -> None:
+        self._revoke = _revoke_where
         self._runner = runner
         self._closed = False
 
@@ -266,7 +289,7 @@ class SqliteStore:
         grace_s: float,
         remember_ttl_s: float,
         session_ttl_s: float,
-        admit: Admit | None = None,
+        limit: Rate | None = None,
     ) -> RotateOutcome:
         def op(db: sqlite3.Connection) -> RotateOutcome:
             row = db.execute(_ROTATE_LOOKUP, (token_hash,)).fetchone()
@@ -278,7 +301,7 @@ class SqliteStore:
                 _user(row[2 + _N_SESSION : 2 + _N_SESSION + _N_USER]),
                 bool(row[2 + _N_SESSION + _N_USER]),
             )
-            if admit is not None and (wait := admit(session.id)):
+            if limit is not None and (wait := _take(db, [f"refresh:{session.id}"], rate=limit, now=now)):
                 return RotateOutcome(kind="limited", session=session, user=user, reason="rate_limited", retry_after=wait)
             if session.revoked_at is not None:
                 return RotateOutcome(kind="invalid", session=session, user=user, reason="revoked")
@@ -349,6 +372,7 @@ class SqliteStore:
             count = db.execute("DELETE FROM sessions WHERE absolute_expires_at < ?", (now,)).rowcount
             db.execute("DELETE FROM revocations WHERE revoked_at < ?", (revocations_before,))
             db.execute("DELETE FROM access_changes WHERE changed_at < ?", (revocations_before,))
+            db.execute("DELETE FROM rate_limits WHERE tat < ?", (now,))  # a row in the past counts nothing
             return count
 
         return await self._do(op, write=True)
@@ -411,6 +435,20 @@ class SqliteStore:
 
         return await self._do(op, write=True)
 
+    # -- shared rate limits (issue 12) ------------------------------------------------------------
+
+    async def take_limit(self, keys: Sequence[str], *, rate: Rate, now: float) -> int:
+        return await self._do(lambda db: _take(db, keys, rate=rate, now=now), write=True)
+
+    async def give_back_limit(self, keys: Sequence[str], *, rate: Rate) -> None:
+        interval = gcra_interval(rate)
+
+        def op(db: sqlite3.Connection) -> None:
+            rows = [(interval, k) for k in dict.fromkeys(keys)]
+            db.executemany("UPDATE rate_limits SET tat = tat - ? WHERE key = ?", rows)
+
+        await self._do(op, write=True)
+
     async def ping(self) -> None:
         await self._rows("SELECT 1")
 
@@ -430,3 +468,30 @@ def _revoke_where(db: sqlite3.Connection, where: str, params: tuple[Any, ...], *
         )
         db.executemany("INSERT INTO revocations (session_id, revoked_at) VALUES (?, ?)", [(i, now) for i in ids])
     return ids
+
+
+# One statement per key: SET expressions all read the row as it was, so `allowed` and `tat` agree.
+_GCRA = (
+    "INSERT INTO rate_limits (key, tat, allowed) VALUES (:key, :now + :interval, 1)"
+    " ON CONFLICT (key) DO UPDATE SET"
+    " allowed = max(tat, :now) + :interval - :now <= :limit,"
+    " tat = CASE WHEN max(tat, :now) + :interval - :now <= :limit THEN max(tat, :now) + :interval ELSE tat END"
+    " RETURNING allowed, tat"
+)
+
+
+def _take(db: sqlite3.Connection, keys: Sequence[str], *, rate: Rate, now: float) -> int:
+    """GCRA hit on each key inside the caller's transaction; a refusal gives back the hits it took."""
+    interval = gcra_interval(rate)
+    params = {"now": now, "interval": interval, "limit": rate.period_s + GCRA_SLACK}
+    taken: list[str] = []
+    wait = 0
+    for key in dict.fromkeys(keys):
+        allowed, tat = db.execute(_GCRA, {**params, "key": key}).fetchone()
+        if allowed:
+            taken.append(key)
+        else:
+            wait = max(wait, gcra_wait(tat, rate=rate, now=now))
+    if wait and taken:
+        db.executemany("UPDATE rate_limits SET tat = tat - ? WHERE key = ?", [(interval, k) for k in taken])
+    return wait
