@@ -24,6 +24,7 @@ from gateway import auth_routes
 from gateway.auth import authenticate
 from gateway.config import Config
 from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, NoRoute, StoreError
+from gateway.federation import routes as federation_routes
 from gateway.keys import (
     CLIENT,
     CLOCK,
@@ -132,7 +133,7 @@ def reload_app(app: web.Application, new: Config) -> list[str]:
     app[SESSIONS].set_limits(new.limits)
     restart = [
         name
-        for name in ("server", "store", "cookies", "csrf", "identity_headers", "log")
+        for name in ("server", "store", "cookies", "csrf", "identity_headers", "log", "identity_providers")
         if getattr(old, name) != getattr(new, name) and not (name == "server" and _only_tls_changed(old, new))
     ]
     if any(getattr(old.tokens, k) != getattr(new.tokens, k) for k in ("issuer", "audience", "access_ttl", "leeway")):
@@ -168,6 +169,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     prefix = config.server.auth_prefix
     endpoints: dict[str, dict[str, Handler]] = {
         **auth_routes.auth_endpoints(prefix),
+        **federation_routes.endpoints(prefix, tuple(p.name for p in config.identity_providers)),
         f"{prefix}/client.js": {"GET": _client_js},
         f"{prefix}/openapi.json": {"GET": _openapi},
         "/.well-known/jwks.json": {"GET": _jwks},
@@ -236,6 +238,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_client_ctx)
     app.cleanup_ctx.append(_revocation_ctx)
+    if config.identity_providers:
+        app.cleanup_ctx.append(federation_routes.federation_ctx)
     app.on_shutdown.append(_close_all_websockets)
     return app
 

@@ -2,6 +2,7 @@
 
 GatewayError
 ├── BadRequest (400 invalid_request)
+│   └── InvalidState (invalid_state)
 ├── RequestTimeout (408 request_timeout)
 ├── PayloadTooLarge (413 payload_too_large)
 ├── AuthError (401)
@@ -13,12 +14,16 @@ GatewayError
 ├── Forbidden (403)
 │   ├── RefreshRejected (invalid_refresh_token)
 │   │   └── RefreshReused (refresh_token_reused)
-│   └── CsrfFailed (csrf_failed)
+│   ├── CsrfFailed (csrf_failed)
+│   ├── EmailNotVerified (email_not_verified)
+│   ├── DomainNotAllowed (domain_not_allowed)
+│   └── AccountNotFound (account_not_found)
 ├── NoRoute (404 not_found)
 ├── MethodNotAllowed (405 method_not_allowed)
 ├── RateLimited (429 rate_limited)
 ├── UpstreamError (502 bad_gateway)
 │   └── UpstreamTimeout (504 upstream_timeout)
+├── IdpError (502 idp_error)
 ├── StoreError (500 store_error)
 │   ├── StoreUnavailable (503 store_unavailable)
 │   └── Conflict (409 conflict)
@@ -30,14 +35,19 @@ Must not: import aiohttp or any other module of the gateway.
 from __future__ import annotations
 
 __all__ = [
+    "AccountNotFound",
     "AuthError",
     "BadRequest",
     "ConfigError",
     "Conflict",
     "CsrfFailed",
+    "DomainNotAllowed",
+    "EmailNotVerified",
     "Forbidden",
     "GatewayError",
+    "IdpError",
     "InvalidCredentials",
+    "InvalidState",
     "MethodNotAllowed",
     "NoRoute",
     "PayloadTooLarge",
@@ -211,6 +221,40 @@ class Conflict(StoreError):
 
     status = 409
     code = "conflict"
+
+
+# -- federated login ------------------------------------------------------------------------------
+
+
+class InvalidState(BadRequest):
+    """A provider callback whose state is missing, wrong, expired or already used (no login-flow cookie)."""
+
+    code = "invalid_state"
+
+
+class IdpError(GatewayError):
+    """The identity provider failed, is unreachable, or answered with something that does not verify."""
+
+    status = 502
+    code = "idp_error"
+
+
+class EmailNotVerified(Forbidden):
+    """The provider does not vouch for the address, so it cannot be linked to an existing account."""
+
+    code = "email_not_verified"
+
+
+class DomainNotAllowed(Forbidden):
+    """The address is outside the provider's `allowed_email_domains`."""
+
+    code = "domain_not_allowed"
+
+
+class AccountNotFound(Forbidden):
+    """No local account for this identity, and the provider may not create one (`create_users = false`)."""
+
+    code = "account_not_found"
 
 
 class ConfigError(Exception):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from aiohttp import ClientSession, web
 
 from gateway.config import Config
+from gateway.federation.service import FederationService
 from gateway.metrics import Metrics
 from gateway.revocations import RevokedSessions
 from gateway.sessions import SessionService
@@ -20,6 +21,7 @@ __all__ = [
     "CLIENT",
     "CLOCK",
     "CONFIG",
+    "FEDERATION",
     "KEYRING",
     "LIVE_ROUTES",
     "PRINCIPAL",
@@ -44,6 +46,8 @@ METRICS = web.AppKey("metrics", Metrics)
 # The route table and forwarder, a mutable holder so SIGHUP can swap them while the app runs.
 LIVE_ROUTES = web.AppKey("live_routes", object)
 REVOKED = web.AppKey("revoked", RevokedSessions)
+# Federated login (OpenID Connect): the configured providers and the rules of their logins.
+FEDERATION = web.AppKey("federation", FederationService)
 # Open proxied WebSockets by session id, so a revocation can close them at once.
 WEBSOCKETS = web.AppKey("websockets", dict[str, set[web.WebSocketResponse]])
 

@@ -22,6 +22,8 @@ PURE = [
     "gateway.metrics",
     "gateway.sessions",
     "gateway.workers",
+    "gateway.federation.flow",
+    "gateway.federation.service",
 ]
 
 

@@ -1,8 +1,9 @@
 // A real OpenID provider (panva's oidc-provider) for the federation tests, on loopback only.
 //
 // Usage: node provider.mjs '<json>' where the JSON is
-//   { "port": 0, "clients": [ {client metadata} ], "accounts": { "<login>": {claims} } }
-// It prints one line `listening <issuer>` on stdout once it serves.
+//   { "port": N, "issuer"?: URL, "clients": [ {client metadata} ], "accounts": { "<login>": {claims} } }
+// (`issuer` defaults to http://127.0.0.1:N; a test sets another to put a proxy of its own in front.)
+// It prints one line `listening <port> as <issuer>` on stdout once it serves.
 // Accounts: a login listed in `accounts` gets those claims; any other login that contains "@"
 // is an account with that address, verified. The dev login form accepts any password.
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
@@ -10,8 +11,8 @@ import Provider from 'oidc-provider';
 
 const options = JSON.parse(process.argv[2] || '{}');
 const accounts = options.accounts || {};
-const port = options.port || 0;
-const issuer = `http://127.0.0.1:${port}`;
+const { port } = options;
+const issuer = options.issuer || `http://127.0.0.1:${port}`;
 
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const signingKey = { ...privateKey.export({ format: 'jwk' }), use: 'sig', alg: 'RS256', kid: randomBytes(8).toString('hex') };
@@ -68,6 +69,6 @@ const configuration = {
 const provider = new Provider(issuer, configuration);
 provider.on('backchannel.error', (ctx, err) => { process.stderr.write(`backchannel.error ${err}\n`); });
 const server = provider.listen(port, '127.0.0.1', () => {
-  process.stdout.write(`listening ${issuer}\n`);
+  process.stdout.write(`listening ${port} as ${issuer}\n`);
 });
 process.on('SIGTERM', () => server.close(() => process.exit(0)));
