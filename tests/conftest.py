@@ -78,7 +78,6 @@ def pg_database() -> Any:
     A missing server fails the run unless GATEWAY_ALLOW_MISSING names postgres.
     """
     import asyncio
-    import os
     import uuid
 
     asyncpg = pytest.importorskip("asyncpg")
@@ -114,3 +113,7 @@ async def pg_url(pg_database: str) -> str:
     finally:
         await conn.close()
     return pg_database
+
+
+# Federated login: `make_fed` / `fed` start a real OpenID provider and a gateway registered with it.
+from tests.oidc_provider import fed, make_fed  # noqa: E402,F401

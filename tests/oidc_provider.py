@@ -7,20 +7,30 @@ names oidc (then they skip).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import aiohttp
+import pytest
+from aiohttp import CookieJar
+from aiohttp.test_utils import TestClient
 
-from tests.support import free_port, missing_service
+from gateway.app import create_app
+from gateway.config import Config
+from tests.support import FakeClock, build_config, free_port, missing_service
+
+Client = TestClient[Any, Any]
 
 OIDC_DIR = Path(__file__).with_name("oidc")
 CLIENT_ID = "gateway"
@@ -171,3 +181,91 @@ def _first_form(html: str) -> dict[str, Any]:
     if not parser.forms:
         raise AssertionError(f"provider page has no form: {html[:500]}")
     return parser.forms[0]
+
+
+@dataclass
+class Fed:
+    """A gateway on a real port with provider "corp" configured, and that provider running."""
+
+    client: Client
+    provider: OidcProvider
+    browser: ProviderBrowser
+    base: str  # the gateway's origin
+
+    @property
+    def callback_prefix(self) -> str:
+        return f"{self.base}/auth/oidc/corp/callback"
+
+    async def start_login(self, return_to: str | None = None) -> tuple[str, dict[str, str]]:
+        """GET /auth/oidc/corp/login: the provider URL and its query."""
+        query = f"?{urlencode({'return_to': return_to})}" if return_to is not None else ""
+        resp = await self.client.get(f"/auth/oidc/corp/login{query}", allow_redirects=False)
+        assert resp.status == 302, await resp.text()
+        location = resp.headers["Location"]
+        return location, {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+
+    async def provider_login(self, location: str, login: str = "alice", *, keep: bool = False) -> str:
+        """Logs in at the provider (a fresh provider session unless `keep`); the callback URL it redirects to."""
+        if keep:
+            return await self.browser.login(location, login, stop_at=self.callback_prefix)
+        browser = ProviderBrowser()
+        try:
+            return await browser.login(location, login, stop_at=self.callback_prefix)
+        finally:
+            await browser.close()
+
+    async def callback(self, url: str) -> Any:
+        parts = urlsplit(url)
+        return await self.client.get(f"{parts.path}?{parts.query}", allow_redirects=False)
+
+    async def login(self, login: str = "alice", return_to: str | None = None, *, keep: bool = False) -> Any:
+        location, _ = await self.start_login(return_to)
+        return await self.callback(await self.provider_login(location, login, keep=keep))
+
+
+MakeFed = Callable[..., Awaitable[Fed]]
+
+
+def _fed_config(tmp_path: Path, upstream_url: str, issuer: str, **idp: Any) -> Config:
+    provider = {"name": "corp", "issuer": issuer, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, **idp}
+    return build_config(tmp_path, upstream_url, identity_providers=[provider])
+
+
+@pytest.fixture
+async def make_fed(
+    aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path, upstream_url: str, clock: FakeClock
+) -> AsyncIterator[MakeFed]:
+    started: list[tuple[OidcProvider, ProviderBrowser]] = []
+
+    async def make(
+        *,
+        issuer: str | None = None,
+        config: Callable[[str], Config] | None = None,
+        backchannel_logout_uri: str | None = None,
+        **idp: Any,
+    ) -> Fed:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        provider = await asyncio.to_thread(
+            OidcProvider,
+            redirect_uris=[f"{base}/auth/oidc/corp/callback"],
+            backchannel_logout_uri=backchannel_logout_uri or f"{base}/auth/oidc/corp/backchannel-logout",
+            issuer=issuer,
+        )
+        browser = ProviderBrowser()
+        started.append((provider, browser))
+        cfg = config(provider.issuer) if config else _fed_config(tmp_path, upstream_url, provider.issuer, **idp)
+        server = await aiohttp_server(create_app(cfg, clock=clock), port=port)
+        jar = CookieJar(unsafe=True, treat_as_secure_origin=[base])
+        client: Client = await aiohttp_client(server, cookie_jar=jar)
+        return Fed(client=client, provider=provider, browser=browser, base=base)
+
+    yield make
+    for provider, browser in started:
+        await browser.close()
+        provider.stop()
+
+
+@pytest.fixture
+async def fed(make_fed: MakeFed) -> Fed:
+    return await make_fed()
