@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.keys import SESSIONS, STORE
-from tests.oidc_provider import CLIENT_ID, Fed, MakeFed
+from tests.oidc_provider import CLIENT_ID, Fed, MakeFed, ProviderBrowser
 
 Client = TestClient[Any, Any]
 PASSWORD = "correct horse battery staple"
@@ -356,3 +356,43 @@ async def test_backchannel_logout_bad_tokens_are_400(fed: Fed) -> None:
     assert resp.status == 400
     json_body = await fed.client.post(url, json={"logout_token": token})
     assert json_body.status == 400
+
+
+async def test_backchannel_logout_at_one_instance_bites_on_another_within_1s(
+    aiohttp_server: Any, aiohttp_client: Any, tmp_path: Any, upstream_url: str, clock: Any, pg_url: str
+) -> None:
+    # Two gateways on one PostgreSQL database; the provider tells only A, the user is logged in at B.
+    from aiohttp import CookieJar
+
+    from gateway.app import create_app
+    from tests.oidc_provider import CLIENT_SECRET, OidcProvider
+    from tests.support import build_config, free_port
+
+    port_a, port_b = free_port(), free_port()
+    a, b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+    provider = await asyncio.to_thread(
+        OidcProvider,
+        redirect_uris=[f"{a}/auth/oidc/corp/callback", f"{b}/auth/oidc/corp/callback"],
+        backchannel_logout_uri=f"{a}/auth/oidc/corp/backchannel-logout",
+    )
+    browser = ProviderBrowser()
+    try:
+        idp = {"name": "corp", "issuer": provider.issuer, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+        cfg = build_config(tmp_path, upstream_url, store={"url": pg_url}, identity_providers=[idp])
+        await aiohttp_server(create_app(cfg, clock=clock), port=port_a)
+        server_b = await aiohttp_server(create_app(cfg, clock=clock), port=port_b)
+        client_b = await aiohttp_client(server_b, cookie_jar=CookieJar(unsafe=True, treat_as_secure_origin=[b]))
+        fed_b = Fed(client=client_b, provider=provider, browser=browser, base=b)
+        assert (await fed_b.login("alice", keep=True)).status == 302
+        assert (await _whoami(client_b)).status == 200
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await browser.logout(provider.issuer)
+        while (await _whoami(client_b)).status != 401:
+            assert loop.time() < started + 1.0, "instance B still accepts the session 1 s after the logout at A"
+            await asyncio.sleep(0.05)
+        refresh = await client_b.post("/auth/refresh-token", headers={"Origin": b})
+        assert refresh.status == 403
+    finally:
+        await browser.close()
+        provider.stop()
