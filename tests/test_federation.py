@@ -396,3 +396,15 @@ async def test_backchannel_logout_at_one_instance_bites_on_another_within_1s(
     finally:
         await browser.close()
         provider.stop()
+
+
+async def test_openapi_lists_the_federation_endpoints_of_each_provider(fed: Fed) -> None:
+    doc = await (await fed.client.get("/auth/openapi.json")).json()
+    for path, method in [
+        ("/auth/providers", "get"),
+        ("/auth/oidc/corp/login", "get"),
+        ("/auth/oidc/corp/callback", "get"),
+        ("/auth/oidc/corp/backchannel-logout", "post"),
+    ]:
+        assert method in doc["paths"][path], path
+    assert set(doc["paths"]["/auth/oidc/corp/callback"]["get"]["responses"]) >= {"302", "400", "403", "502"}
