@@ -25,10 +25,13 @@ from gateway.auth import authenticate
 from gateway.config import Config
 from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, NoRoute, StoreError
 from gateway.federation import routes as federation_routes
+from gateway.grant_sync import grants_ctx
+from gateway.grants import StaleGrants
 from gateway.keys import (
     CLIENT,
     CLOCK,
     CONFIG,
+    GRANTS,
     KEYRING,
     LIVE_ROUTES,
     METRICS,
@@ -165,6 +168,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     app[CLOCK] = clock
     app[KEYRING] = keyring or KeyRing(config.tokens)
     app[REVOKED] = RevokedSessions()
+    app[GRANTS] = StaleGrants()
     app[WEBSOCKETS] = {}
     prefix = config.server.auth_prefix
     endpoints: dict[str, dict[str, Handler]] = {
@@ -240,6 +244,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     app.cleanup_ctx.append(_revocation_ctx)
     if config.identity_providers:
         app.cleanup_ctx.append(federation_routes.federation_ctx)
+    app.cleanup_ctx.append(grants_ctx)
     app.on_shutdown.append(_close_all_websockets)
     return app
 

@@ -141,6 +141,13 @@ class IdentityHeadersConfig:
     user_id: str = "X-User-Id"
     email: str = "X-User-Email"
     session_id: str = "X-Session-Id"
+    roles: str = "X-User-Roles"
+    client_id: str = "X-Client-Id"
+    scopes: str = "X-Token-Scopes"
+
+    def names(self) -> tuple[str, ...]:
+        """Every identity header name, as configured."""
+        return (self.user_id, self.email, self.session_id, self.roles, self.client_id, self.scopes)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -657,10 +664,13 @@ def parse_config(data: dict[str, Any], *, base: Path, source: str = "", env: dic
         user_id=ih_t.get("user_id", dih.user_id, _header_name),
         email=ih_t.get("email", dih.email, _header_name),
         session_id=ih_t.get("session_id", dih.session_id, _header_name),
+        roles=ih_t.get("roles", dih.roles, _header_name),
+        client_id=ih_t.get("client_id", dih.client_id, _header_name),
+        scopes=ih_t.get("scopes", dih.scopes, _header_name),
     )
     ih_t.finish()
-    if len({identity.user_id.lower(), identity.email.lower(), identity.session_id.lower()}) != 3:
-        problems.append("identity_headers: the three header names must differ")
+    if len({name.lower() for name in identity.names()}) != len(identity.names()):
+        problems.append("identity_headers: the header names must differ")
     lim_t = _Table("limits", root.get("limits", None, lambda r: r), problems)
     dl = LimitsConfig()
     limits = LimitsConfig(login=lim_t.get("login", dl.login, _parse_rate), refresh=lim_t.get("refresh", dl.refresh, _parse_rate))

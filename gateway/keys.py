@@ -11,6 +11,7 @@ from aiohttp import ClientSession, web
 
 from gateway.config import Config
 from gateway.federation.service import FederationService
+from gateway.grants import StaleGrants
 from gateway.metrics import Metrics
 from gateway.revocations import RevokedSessions
 from gateway.sessions import SessionService
@@ -22,6 +23,7 @@ __all__ = [
     "CLOCK",
     "CONFIG",
     "FEDERATION",
+    "GRANTS",
     "KEYRING",
     "LIVE_ROUTES",
     "PRINCIPAL",
@@ -48,6 +50,8 @@ LIVE_ROUTES = web.AppKey("live_routes", object)
 REVOKED = web.AppKey("revoked", RevokedSessions)
 # Federated login (OpenID Connect): the configured providers and the rules of their logins.
 FEDERATION = web.AppKey("federation", FederationService)
+# Subjects whose older access tokens are refused (roles changed, machine client removed).
+GRANTS = web.AppKey("grants", StaleGrants)
 # Open proxied WebSockets by session id, so a revocation can close them at once.
 WEBSOCKETS = web.AppKey("websockets", dict[str, set[web.WebSocketResponse]])
 

@@ -24,6 +24,8 @@ PURE = [
     "gateway.workers",
     "gateway.federation.flow",
     "gateway.federation.service",
+    "gateway.grants",
+    "gateway.roles",
 ]
 
 
