@@ -630,9 +630,8 @@ def _identity_providers(raw: object, problems: list[str]) -> tuple[IdentityProvi
             problems.append(f"{path}.scopes: must include \"openid\"")
         if any(not d or "@" in d or " " in d for d in idp.allowed_email_domains):
             problems.append(f"{path}.allowed_email_domains: each entry must be a domain like \"example.com\"")
-        if idp.roles_claim:
-            # Roles (issue 9) are not in this build yet; accepting the key silently would grant nothing.
-            problems.append(f"{path}.roles_claim: needs roles support, which this build does not have; leave it empty")
+        if idp.roles_claim and (idp.roles_claim != idp.roles_claim.strip() or " " in idp.roles_claim):
+            problems.append(f"{path}.roles_claim: must be a claim name like \"groups\", not {idp.roles_claim!r}")
         if idp.timeout <= timedelta(0):
             problems.append(f"{path}.timeout: must be greater than 0")
         out.append(idp)

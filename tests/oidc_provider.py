@@ -42,6 +42,8 @@ ACCOUNTS: dict[str, dict[str, Any]] = {
     "mallory": {"email": "victim@corp.test", "email_verified": False, "name": "Mallory"},
     "outsider": {"email": "eve@elsewhere.test", "email_verified": True},
     "noemail": {"name": "No Email"},
+    # Groups as providers send them: mixed case, Keycloak-style paths, a non-string.
+    "mixed": {"email": "mixed@corp.test", "email_verified": True, "groups": ["Ops", "ops", "/team/a", "ok-role", 5]},
 }
 
 

@@ -408,3 +408,42 @@ async def test_openapi_lists_the_federation_endpoints_of_each_provider(fed: Fed)
     ]:
         assert method in doc["paths"][path], path
     assert set(doc["paths"]["/auth/oidc/corp/callback"]["get"]["responses"]) >= {"302", "400", "403", "502"}
+
+
+# -- roles from the provider's groups (roles_claim) -------------------------------------------------
+
+
+def _token_claims(resp: Any) -> dict[str, Any]:
+    return jwt.decode(resp.cookies["access_token"].value, options={"verify_signature": False})
+
+
+async def test_roles_claim_groups_become_roles_and_reach_the_upstream(make_fed: MakeFed) -> None:
+    fed = await make_fed(roles_claim="groups", scopes=["openid", "email", "profile", "groups"])
+    resp = await fed.login("alice")
+    assert resp.status == 302
+    assert _token_claims(resp)["roles"] == ["admins", "staff"]
+    headers = (await (await _whoami(fed.client)).json())["headers"]
+    assert headers["X-User-Roles"] == "admins,staff"
+    user = await fed.client.server.app[STORE].get_user(email_key="alice@corp.test")
+    assert user is not None and user.roles == ("admins", "staff")
+
+
+async def test_roles_claim_replaces_local_roles_at_each_login(make_fed: MakeFed) -> None:
+    fed = await make_fed(roles_claim="groups", scopes=["openid", "email", "profile", "groups"])
+    first = await fed.login("alice")
+    store = fed.client.server.app[STORE]
+    await store.set_user_roles(_token_claims(first)["sub"], ("ops", "root"), now=0)
+    again = await fed.login("alice")
+    assert _token_claims(again)["roles"] == ["admins", "staff"]
+
+
+async def test_roles_claim_values_that_are_not_role_names_are_left_out(make_fed: MakeFed) -> None:
+    fed = await make_fed(roles_claim="groups", scopes=["openid", "email", "profile", "groups"])
+    resp = await fed.login("mixed")
+    assert resp.status == 302
+    assert _token_claims(resp)["roles"] == ["ok-role", "ops"]
+
+
+async def test_without_roles_claim_provider_groups_grant_nothing(fed: Fed) -> None:
+    resp = await fed.login("alice")
+    assert _token_claims(resp).get("roles", []) == []

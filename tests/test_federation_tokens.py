@@ -351,3 +351,65 @@ def test_pkce_challenge_is_rfc7636_appendix_b() -> None:
     assert (
         pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk") == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
     )
+
+
+# -- [[identity_providers]] config ---------------------------------------------------------------------
+
+
+def _parse(*providers: dict[str, Any]) -> Any:
+    from pathlib import Path
+
+    from gateway.config import parse_config
+
+    return parse_config(
+        {"tokens": {"secret": "s" * 40}, "identity_providers": list(providers)}, base=Path("."), source="t.toml", env={}
+    )
+
+
+GOOD = {"name": "corp", "issuer": "https://idp.example", "client_id": "gw", "client_secret": "shh"}
+
+
+def test_config_identity_provider_defaults() -> None:
+    idp = _parse(GOOD).identity_providers[0]
+    assert (idp.scopes, idp.allowed_email_domains, idp.roles_claim, idp.create_users) == (
+        ("openid", "email", "profile"), (), "", True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({k: v for k, v in GOOD.items() if k != "client_secret"}, "identity_providers[0].client_secret: is required"),
+        ({k: v for k, v in GOOD.items() if k != "issuer"}, "identity_providers[0].issuer: is required"),
+        ({**GOOD, "name": "Corp"}, "identity_providers[0].name: must be 1 to 64 of [a-z0-9-]"),
+        ({**GOOD, "issuer": "http://idp.example"}, "identity_providers[0].issuer: must be https://"),
+        ({**GOOD, "scopes": ["email"]}, 'identity_providers[0].scopes: must include "openid"'),
+        ({**GOOD, "allowed_email_domains": ["@"]}, "identity_providers[0].allowed_email_domains:"),
+        ({**GOOD, "roles_claim": "my groups"}, "identity_providers[0].roles_claim: must be a claim name"),
+        ({**GOOD, "create_users": "yes"}, "identity_providers[0].create_users: must be true or false"),
+        ({**GOOD, "timeout": "0s"}, "identity_providers[0].timeout: must be greater than 0"),
+        ({**GOOD, "client_scret": "x"}, "identity_providers[0].client_scret: unknown key"),
+    ],
+)
+def test_config_identity_provider_errors_name_the_key(entry: dict[str, Any], message: str) -> None:
+    from gateway.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        _parse(entry)
+    assert any(p.startswith(message) for p in err.value.problems), err.value.problems
+
+
+def test_config_identity_provider_duplicate_name_is_an_error() -> None:
+    from gateway.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        _parse(GOOD, GOOD)
+    assert "identity_providers[1].name: duplicates identity_providers[0].name 'corp'" in err.value.problems
+
+
+def test_config_identity_provider_secret_is_masked() -> None:
+    from gateway.config import masked
+
+    shown = masked(_parse(GOOD))
+    assert shown["identity_providers"][0]["client_secret"] == "***"  # type: ignore[index]
+    assert "shh" not in repr(_parse(GOOD))

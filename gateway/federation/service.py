@@ -38,6 +38,7 @@ from gateway.federation.flow import (
 )
 from gateway.log import audit
 from gateway.passwords import unusable_hash
+from gateway.roles import ROLE_PATTERN
 from gateway.sessions import Issued, SessionService, normalize_email
 from gateway.store import UserRecord
 
@@ -179,7 +180,24 @@ class FederationService:
             user = found
         if user.disabled:
             raise AccountNotFound("this account is disabled")
+        if cfg.roles_claim:
+            user = await self._sync_roles(cfg, user, claims.get(cfg.roles_claim))
         return user
+
+    async def _sync_roles(self, cfg: IdentityProviderConfig, user: UserRecord, groups: object) -> UserRecord:
+        """The provider's groups become the user's roles (an absent claim: none). Values that are not
+        role names are left out and counted, never guessed at."""
+        values = groups if isinstance(groups, list) else [groups] if isinstance(groups, str) else []
+        names = [v.strip().lower() if isinstance(v, str) else "" for v in values]
+        roles = {n for n in names if ROLE_PATTERN.fullmatch(n)}
+        skipped = sum(1 for n in names if not ROLE_PATTERN.fullmatch(n))
+        updated = await self.store.set_user_roles(user.id, tuple(sorted(roles)), now=self.clock())
+        if updated is None:
+            raise AccountNotFound("the linked account no longer exists")
+        if updated.roles_version != user.roles_version or skipped:
+            roles_text = " ".join(updated.roles)
+            audit("roles_from_provider", user_id=user.id, reason=cfg.name, roles=roles_text, skipped=skipped)
+        return updated
 
     async def _first_login(
         self, cfg: IdentityProviderConfig, subject: str, email: object, verified: bool
