@@ -313,10 +313,11 @@ async def test_provider_down_mid_login_is_idp_error_and_passwords_still_work(fed
         "/auth/login", json={"email": "local@example.com", "password": PASSWORD}, headers={"Origin": fed.base}
     )
     assert pw.status == 200
-    # A new federated login cannot even start while the provider is down, and says so.
     fed.client.session.cookie_jar.clear()
     again = await fed.client.get("/auth/oidc/corp/login", allow_redirects=False)
-    assert again.status in (302, 502)
+    # The failed exchange dropped the cached discovery document, so a new login fetches it again, and
+    # fails plainly while the provider is down.
+    assert again.status == 502 and (await again.json())["error"] == "idp_error"
 
 
 # -- back-channel logout -------------------------------------------------------------------------------
@@ -447,3 +448,20 @@ async def test_roles_claim_values_that_are_not_role_names_are_left_out(make_fed:
 async def test_without_roles_claim_provider_groups_grant_nothing(fed: Fed) -> None:
     resp = await fed.login("alice")
     assert _token_claims(resp).get("roles", []) == []
+
+
+async def test_provider_unreachable_at_login_start_is_idp_error(
+    make_fed: MakeFed, tmp_path: Any, upstream_url: str
+) -> None:
+    from tests.oidc_provider import CLIENT_SECRET
+    from tests.support import build_config
+
+    def config(issuer: str) -> Any:
+        idp = {"name": "corp", "issuer": "http://127.0.0.1:1", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+        return build_config(tmp_path, upstream_url, identity_providers=[idp])
+
+    fed = await make_fed(config=config)
+    resp = await fed.client.get("/auth/oidc/corp/login", allow_redirects=False)
+    assert resp.status == 502 and (await resp.json())["error"] == "idp_error"
+    assert "oidc_flow" not in resp.cookies
+    assert (await fed.client.get("/healthz")).status == 200
