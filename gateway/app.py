@@ -31,6 +31,7 @@ from gateway.authz import enforce_policy
 from gateway.client_routes import client_endpoints, clients_ctx
 from gateway.config import Config
 from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, NoRoute, StoreError
+from gateway.federation import routes as federation_routes
 from gateway.grant_sync import grants_ctx
 from gateway.grants import StaleGrants
 from gateway.keys import (
@@ -158,7 +159,7 @@ def reload_app(app: web.Application, new: Config) -> list[str]:
     app[KEYRING].adopt(keyring)
     app[SESSIONS].cfg = new.tokens
     app[SESSIONS].set_limits(new.limits)
-    restart = [name for name in ("store", "log", "accounts", "email") if getattr(old, name) != getattr(new, name)]
+    restart = [name for name in ("store", "log", "accounts", "email", "identity_providers") if getattr(old, name) != getattr(new, name)]
     bound = [f.name for f in dataclasses.fields(old.server) if f.name not in _LIVE_SERVER_KEYS]
     restart += [f"server.{k}" for k in bound if getattr(old.server, k) != getattr(new.server, k)]
     if any(getattr(old.tokens, k) != getattr(new.tokens, k) for k in ("access_ttl", "leeway")):
@@ -193,6 +194,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
         **auth_routes.auth_endpoints(prefix),
         **client_endpoints(prefix),
         **account_routes.endpoints(prefix),
+        **federation_routes.endpoints(prefix, tuple(p.name for p in config.identity_providers)),
         f"{prefix}/client.js": {"GET": _client_js},
         f"{prefix}/openapi.json": {"GET": _openapi},
         "/.well-known/jwks.json": {"GET": _jwks},
@@ -263,6 +265,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     app.cleanup_ctx.append(_accounts_ctx)
     app.cleanup_ctx.append(_client_ctx)
     app.cleanup_ctx.append(_revocation_ctx)
+    if config.identity_providers:
+        app.cleanup_ctx.append(federation_routes.federation_ctx)
     app.cleanup_ctx.append(grants_ctx)
     app.cleanup_ctx.append(clients_ctx)
     app.on_shutdown.append(_close_all_websockets)

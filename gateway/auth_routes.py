@@ -22,7 +22,7 @@ from gateway.log import audit
 from gateway.middleware import error_response
 from gateway.sessions import Issued
 
-__all__ = ["AUTH_BODY_LIMIT", "auth_endpoints"]
+__all__ = ["AUTH_BODY_LIMIT", "auth_endpoints", "set_session_cookies"]
 
 AUTH_BODY_LIMIT = 16 * 1024
 AUTH_BODY_TIMEOUT = 10.0
@@ -108,6 +108,16 @@ def _token_response(cfg: Config, issued: Issued, *, refresh_in_body: bool) -> we
     if delivery in ("cookie", "both"):
         _set_cookie(response, cfg, cfg.cookies.access_name, issued.access_token, path="/", max_age=issued.expires_in)
     return response
+
+
+def set_session_cookies(response: web.StreamResponse, cfg: Config, issued: Issued) -> None:
+    """The refresh cookie, and the access cookie when delivery has cookie: for logins that answer with a
+    redirect (federated login), where no body can carry a token."""
+    _set_cookie(
+        response, cfg, cfg.cookies.refresh_name, issued.refresh_token, path=cfg.server.auth_prefix, max_age=issued.refresh_max_age
+    )
+    if cfg.tokens.access_delivery in ("cookie", "both"):
+        _set_cookie(response, cfg, cfg.cookies.access_name, issued.access_token, path="/", max_age=issued.expires_in)
 
 
 async def login(request: web.Request) -> web.StreamResponse:

@@ -29,6 +29,7 @@ __all__ = [
     "CsrfConfig",
     "EmailConfig",
     "IdentityHeadersConfig",
+    "IdentityProviderConfig",
     "LimitsConfig",
     "LogConfig",
     "Rate",
@@ -211,6 +212,21 @@ class EmailConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class IdentityProviderConfig:
+    """One OpenID Connect provider that users may log in with (`[[identity_providers]]`)."""
+
+    name: str
+    issuer: str
+    client_id: str
+    client_secret: str = field(default="", repr=False)
+    scopes: tuple[str, ...] = ("openid", "email", "profile")
+    allowed_email_domains: tuple[str, ...] = ()
+    roles_claim: str = ""
+    create_users: bool = True
+    timeout: timedelta = timedelta(seconds=10)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole configuration; `source` is the file it came from (for messages)."""
 
@@ -226,6 +242,7 @@ class Config:
     accounts: AccountsConfig = AccountsConfig()
     email: EmailConfig = EmailConfig()
     source: str = ""
+    identity_providers: tuple[IdentityProviderConfig, ...] = ()
 
 
 def parse_duration(value: object) -> timedelta:
@@ -627,6 +644,72 @@ def _routes(raw: object, problems: list[str], base: Path) -> tuple[RouteConfig, 
     return tuple(routes)
 
 
+# -- federated login ([[identity_providers]]) ---------------------------------------------------
+_IDP_NAME = re.compile(r"^[a-z0-9-]{1,64}$")
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _issuer(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise ValueError("must be a URL string")
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"must be an https:// URL without query or fragment, not {raw!r}")
+    # OpenID Discovery requires https; plain http only for a provider on this machine (tests, development).
+    if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
+        raise ValueError(f"must be https:// (http:// only for a loopback provider), not {raw!r}")
+    return raw
+
+
+def _identity_providers(raw: object, problems: list[str]) -> tuple[IdentityProviderConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        problems.append("identity_providers: must be an array of tables ([[identity_providers]])")
+        return ()
+    out: list[IdentityProviderConfig] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        path = f"identity_providers[{i}]"
+        t = _Table(path, item, problems)
+        for key in ("name", "issuer", "client_id", "client_secret"):
+            if key not in t.data:
+                problems.append(f"{path}.{key}: is required")
+        idp = IdentityProviderConfig(
+            name=t.get("name", ""),
+            issuer=t.get("issuer", "", _issuer),
+            client_id=t.get("client_id", ""),
+            client_secret=t.get("client_secret", "", _secret),
+            scopes=t.get("scopes", ("openid", "email", "profile"), _str_list),
+            allowed_email_domains=t.get(
+                "allowed_email_domains", (), lambda r: tuple(d.strip().lower().lstrip("@") for d in _str_list(r))
+            ),
+            roles_claim=t.get("roles_claim", ""),
+            create_users=t.get("create_users", True),
+            timeout=t.get("timeout", timedelta(seconds=10), parse_duration),
+        )
+        t.finish()
+        if "name" in t.data and not _IDP_NAME.match(idp.name):
+            problems.append(f"{path}.name: must be 1 to 64 of [a-z0-9-] (it is used in URLs), not {idp.name!r}")
+        elif idp.name in seen:
+            problems.append(f"{path}.name: duplicates identity_providers[{seen[idp.name]}].name {idp.name!r}")
+        seen.setdefault(idp.name, i)
+        if "client_id" in t.data and not idp.client_id:
+            problems.append(f"{path}.client_id: must not be empty")
+        if "client_secret" in t.data and not idp.client_secret:
+            problems.append(f"{path}.client_secret: must not be empty")
+        if "openid" not in idp.scopes:
+            problems.append(f"{path}.scopes: must include \"openid\"")
+        if any(not d or "@" in d or " " in d for d in idp.allowed_email_domains):
+            problems.append(f"{path}.allowed_email_domains: each entry must be a domain like \"example.com\"")
+        if idp.roles_claim and (idp.roles_claim != idp.roles_claim.strip() or " " in idp.roles_claim):
+            problems.append(f"{path}.roles_claim: must be a claim name like \"groups\", not {idp.roles_claim!r}")
+        if idp.timeout <= timedelta(0):
+            problems.append(f"{path}.timeout: must be greater than 0")
+        out.append(idp)
+    return tuple(out)
+
+
 # Issue 10: the keys only signing needs; commands that never sign (`users list`, ...) skip their checks.
 _SIGNING_KEYS = ("tokens.secret", "tokens.previous_secrets", "tokens.refresh_secret", "tokens.private_key_file",
                  "tokens.previous_public_key_files")  # fmt: skip
@@ -695,6 +778,7 @@ def parse_config(
     routes = _routes(root.get("routes", None, lambda r: r), problems, base)
     accounts = _accounts(_Table("accounts", root.get("accounts", None, lambda r: r), problems))
     email = _email(_Table("email", root.get("email", None, lambda r: r), problems))
+    identity_providers = _identity_providers(root.get("identity_providers", None, lambda r: r), problems)
     root.finish()
     for i, route in enumerate(routes):
         if route.prefix == server.auth_prefix or route.prefix.startswith(server.auth_prefix + "/"):
@@ -715,6 +799,7 @@ def parse_config(
         accounts=accounts,
         email=email,
         source=source,
+        identity_providers=identity_providers,
     )
 
 
@@ -803,7 +888,7 @@ def load_config(path: str | os.PathLike[str], *, signing: bool = True) -> Config
     return parse_config(data, base=p.resolve().parent, source=str(p), signing=signing)
 
 
-_SECRET_FIELDS = {"secret", "previous_secrets", "refresh_secret"}
+_SECRET_FIELDS = {"secret", "previous_secrets", "refresh_secret", "client_secret"}
 # libpq also takes the password as a URL query parameter (`?password=...`).
 _URL_SECRET_PARAM = re.compile(r"(?i)([?&]password=)[^&#]*")
 

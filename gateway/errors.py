@@ -4,7 +4,8 @@ GatewayError
 ├── BadRequest (400 invalid_request)
 │   ├── UnsupportedGrantType (unsupported_grant_type)
 │   ├── InvalidScope (invalid_scope)
-│   └── InvalidEmailToken (invalid_email_token)
+│   ├── InvalidEmailToken (invalid_email_token)
+│   └── InvalidState (invalid_state)
 ├── RequestTimeout (408 request_timeout)
 ├── PayloadTooLarge (413 payload_too_large)
 ├── AuthError (401)
@@ -21,12 +22,15 @@ GatewayError
 │   ├── CsrfFailed (csrf_failed)
 │   ├── InsufficientScope (insufficient_scope)
 │   ├── EmailNotVerified (email_not_verified)
-│   └── WrongCurrentPassword (invalid_credentials)
+│   ├── WrongCurrentPassword (invalid_credentials)
+│   ├── DomainNotAllowed (domain_not_allowed)
+│   └── AccountNotFound (account_not_found)
 ├── NoRoute (404 not_found)
 ├── MethodNotAllowed (405 method_not_allowed)
 ├── RateLimited (429 rate_limited)
 ├── UpstreamError (502 bad_gateway)
 │   └── UpstreamTimeout (504 upstream_timeout)
+├── IdpError (502 idp_error)
 ├── StoreError (500 store_error)
 │   ├── StoreUnavailable (503 store_unavailable)
 │   └── Conflict (409 conflict)
@@ -38,20 +42,24 @@ Must not: import aiohttp or any other module of the gateway.
 from __future__ import annotations
 
 __all__ = [
+    "AccountNotFound",
     "AuthError",
     "BadRequest",
     "ConfigError",
     "Conflict",
     "CsrfFailed",
+    "DomainNotAllowed",
     "EmailNotVerified",
     "Forbidden",
     "GatewayError",
+    "IdpError",
     "InsufficientScope",
     "InsufficientUserAuthentication",
     "InvalidClient",
-    "InvalidScope",
     "InvalidCredentials",
     "InvalidEmailToken",
+    "InvalidScope",
+    "InvalidState",
     "MethodNotAllowed",
     "NoRoute",
     "PayloadTooLarge",
@@ -278,8 +286,25 @@ class InvalidEmailToken(BadRequest):
     code = "invalid_email_token"
 
 
+# -- federated login ------------------------------------------------------------------------------
+
+
+class InvalidState(BadRequest):
+    """A provider callback whose state is missing, wrong, expired or already used (no login-flow cookie)."""
+
+    code = "invalid_state"
+
+
+class IdpError(GatewayError):
+    """The identity provider failed, is unreachable, or answered with something that does not verify."""
+
+    status = 502
+    code = "idp_error"
+
+
 class EmailNotVerified(Forbidden):
-    """The password was right but the address is not verified yet (`accounts.require_verified_email`)."""
+    """The address is not verified: after a right password with `accounts.require_verified_email`, or a
+    provider that does not vouch for it (federated login cannot link it to an existing account)."""
 
     code = "email_not_verified"
 
@@ -288,6 +313,18 @@ class WrongCurrentPassword(Forbidden):
     """A password change whose `current_password` is wrong (403: the caller is authenticated)."""
 
     code = "invalid_credentials"
+
+
+class DomainNotAllowed(Forbidden):
+    """The address is outside the provider's `allowed_email_domains`."""
+
+    code = "domain_not_allowed"
+
+
+class AccountNotFound(Forbidden):
+    """No local account for this identity, and the provider may not create one (`create_users = false`)."""
+
+    code = "account_not_found"
 
 
 class ConfigError(Exception):

@@ -12,6 +12,7 @@ from aiohttp import ClientSession, web
 from gateway.accounts.service import AccountService
 from gateway.clients import ClientService
 from gateway.config import Config
+from gateway.federation.service import FederationService
 from gateway.grants import StaleGrants
 from gateway.metrics import Metrics
 from gateway.revocations import RevokedSessions
@@ -26,6 +27,7 @@ __all__ = [
     "CLIENTS",
     "CLOCK",
     "CONFIG",
+    "FEDERATION",
     "GRANTS",
     "KEYRING",
     "LIVE_ROUTES",
@@ -52,6 +54,8 @@ METRICS = web.AppKey("metrics", Metrics)
 # The route table and forwarder, a mutable holder so SIGHUP can swap them while the app runs.
 LIVE_ROUTES = web.AppKey("live_routes", object)
 REVOKED = web.AppKey("revoked", RevokedSessions)
+# Federated login (OpenID Connect): the configured providers and the rules of their logins.
+FEDERATION = web.AppKey("federation", FederationService)
 # Subjects whose older access tokens are refused (roles changed, machine client removed).
 GRANTS = web.AppKey("grants", StaleGrants)
 # Machine clients (client credentials).

@@ -143,7 +143,7 @@ def openapi_document(cfg: Config) -> dict[str, Any]:
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Tokens"}}},
     }
     no_content = {"description": "Done; gateway cookies cleared"}
-    return {
+    doc = {
         "openapi": "3.1.0",
         "info": {"title": "authgateway", "version": __version__, "description": "The gateway's own endpoints." + _POLICY_NOTE},
         "paths": {
@@ -246,3 +246,76 @@ def openapi_document(cfg: Config) -> dict[str, Any]:
             },
         },
     }
+    doc["paths"].update(_federation_paths(cfg))
+    return doc
+
+
+# -- federated login (OpenID Connect) ----------------------------------------------------------------
+
+
+def _federation_paths(cfg: Config) -> dict[str, Any]:
+    """The federated-login endpoints, one set per configured provider (none without providers)."""
+    if not cfg.identity_providers:
+        return {}
+    p = cfg.server.auth_prefix
+    redirect = {"description": "Redirect", "headers": {"Location": {"schema": {"type": "string"}, "required": True}}}
+    providers = {
+        "type": "object",
+        "required": ["providers"],
+        "properties": {
+            "providers": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "login_url"],
+                    "properties": {"name": {"type": "string"}, "login_url": {"type": "string"}},
+                },
+            }
+        },
+    }
+    paths: dict[str, Any] = {
+        f"{p}/providers": {
+            "get": {
+                "summary": "The identity providers users can log in with",
+                "responses": {"200": {"description": "Providers", "content": {"application/json": {"schema": providers}}}},
+            }
+        }
+    }
+    for idp in cfg.identity_providers:
+        base = f"{p}/oidc/{idp.name}"
+        paths[f"{base}/login"] = {
+            "get": {
+                "summary": f"Start a login at {idp.name}: 302 to the provider (code + PKCE S256, state, nonce)",
+                "parameters": [{"name": "return_to", "in": "query", "required": False, "schema": {"type": "string"}}],
+                "responses": {**_common_errors(), "302": redirect, "502": _error("idp_error: the provider is unreachable")},
+            }
+        }
+        paths[f"{base}/callback"] = {
+            "get": {
+                "summary": f"The answer of {idp.name}: starts a gateway session, 302 to return_to",
+                "parameters": [
+                    {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+                    for n in ("code", "state", "iss", "error")
+                ],
+                "responses": {
+                    **_common_errors(),
+                    "302": redirect,
+                    "400": _error("invalid_state (missing, wrong, expired or used flow) or invalid_request"),
+                    "403": _error("email_not_verified, domain_not_allowed or account_not_found"),
+                    "502": _error("idp_error: the provider failed or its answer does not verify"),
+                },
+            }
+        }
+        form = {"type": "object", "required": ["logout_token"], "properties": {"logout_token": {"type": "string"}}}
+        paths[f"{base}/backchannel-logout"] = {
+            "post": {
+                "summary": f"OpenID Back-Channel Logout from {idp.name}: revokes the sessions its login started",
+                "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": form}}},
+                "responses": {
+                    **_common_errors(),
+                    "200": {"description": "Done"},
+                    "400": _error("invalid_request: not a valid logout token"),
+                },
+            }
+        }
+    return paths

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-__all__ = ["Passwords"]
+__all__ = ["Passwords", "is_unusable", "unusable_hash"]
 
 # 64 MiB and 3 passes as in RFC 9106's second recommendation, with one lane instead of four: lanes
 # are computed on threads of their own, so four lanes let a few concurrent logins take every core
@@ -40,6 +40,21 @@ def _executor() -> ThreadPoolExecutor:
     return _pool
 
 
+# A stored hash that starts with this can never match (the PHC strings argon2 writes start with "$"):
+# accounts created by an identity provider have no password until one is set.
+_UNUSABLE = "!"
+
+
+def unusable_hash() -> str:
+    """A password hash no password matches (random, so no two such accounts share one)."""
+    return _UNUSABLE + secrets.token_urlsafe(16)
+
+
+def is_unusable(password_hash: str) -> bool:
+    """Whether the hash is one from `unusable_hash`."""
+    return password_hash.startswith(_UNUSABLE)
+
+
 def _checked(password_hash: str, password: str) -> bool:
     try:
         return _HASHER.verify(password_hash, password)
@@ -60,6 +75,9 @@ class Passwords:
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
         """Whether `password` matches; with no hash (unknown user), checks the dummy and answers False."""
-        target = self._dummy_hash if password_hash is None else password_hash
+        # An unusable hash is checked like an unknown user's, so the answer and its time are those of
+        # any wrong password and tell nobody that the account logs in through a provider.
+        usable = password_hash is not None and not is_unusable(password_hash)
+        target = password_hash if usable and password_hash is not None else self._dummy_hash
         ok = await asyncio.get_running_loop().run_in_executor(_executor(), _checked, target, password)
-        return ok and password_hash is not None
+        return ok and usable

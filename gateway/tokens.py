@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.config import TokenConfig
 from gateway.errors import ConfigError, TokenExpired, TokenInvalid
@@ -166,6 +167,7 @@ class KeyRing:
         # The successor key lets a just-rotated refresh token be answered again with the same successor
         # inside the grace window without the store ever holding a token in plaintext.
         seed = cfg.refresh_secret.encode() if cfg.refresh_secret else material
+        self._material = material
         self._successor_key = hmac.new(seed, b"gateway refresh-token successor", hashlib.sha256).digest()
 
     def adopt(self, other: KeyRing) -> None:
@@ -176,7 +178,15 @@ class KeyRing:
         self._keys = other._keys
         self._current = other._current
         self._successor_key = other._successor_key
+        self._material = other._material
         self._cache = {}
+
+    def derived_key(self, purpose: bytes) -> bytes:
+        """32 bytes for one `purpose` (HKDF-SHA256 over the current signing key), so features that need a
+        key of their own (sealed login-flow cookies) need no extra configuration."""
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"gateway derived key: " + purpose).derive(
+            self._material
+        )
 
     @property
     def current_kid(self) -> str:

@@ -114,3 +114,7 @@ async def pg_url(pg_database: str) -> str:
     finally:
         await conn.close()
     return pg_database
+
+
+# Federated login: `make_fed` / `fed` start a real OpenID provider and a gateway registered with it.
+from tests.oidc_provider import fed, make_fed  # noqa: E402,F401

@@ -541,6 +541,47 @@ class StoreContract:
     async def test_ping_answers(self, store: Store) -> None:
         await store.ping()
 
+    # -- federated login -----------------------------------------------------------------------
+
+    async def test_link_identity_then_find_returns_user_id(self, store: Store) -> None:
+        user = await _user(store)
+        await store.link_identity(provider="corp", subject="sub-1", user_id=user.id, now=T0)
+        assert await store.find_identity(provider="corp", subject="sub-1") == user.id
+        assert await store.find_identity(provider="other", subject="sub-1") is None
+        assert await store.find_identity(provider="corp", subject="sub-2") is None
+
+    async def test_link_identity_twice_raises_conflict(self, store: Store) -> None:
+        a, b = await _user(store, "a@example.com"), await _user(store, "b@example.com")
+        await store.link_identity(provider="corp", subject="sub-1", user_id=a.id, now=T0)
+        with pytest.raises(Conflict):
+            await store.link_identity(provider="corp", subject="sub-1", user_id=b.id, now=T0)
+        assert await store.find_identity(provider="corp", subject="sub-1") == a.id
+
+    async def test_federated_sessions_match_by_subject_sid_or_both(self, store: Store) -> None:
+        user = await _user(store)
+        one, _ = await _session(store, user)
+        two, _ = await _session(store, user, now=T0 + 1)
+        other, _ = await _session(store, user, now=T0 + 2)
+        await store.record_federated_session(session_id=one.id, provider="corp", subject="s", sid="sid-1")
+        await store.record_federated_session(session_id=two.id, provider="corp", subject="s", sid="sid-2")
+        await store.record_federated_session(session_id=other.id, provider="else", subject="s", sid="sid-1")
+        find = store.federated_sessions
+        assert await find(provider="corp", subject="s", created_before=T0 + 9, now=T0 + 3) == [one.id, two.id]
+        assert await find(provider="corp", sid="sid-1", created_before=T0 + 9, now=T0 + 3) == [one.id]
+        assert await find(provider="corp", subject="s", sid="sid-2", created_before=T0 + 9, now=T0 + 3) == [two.id]
+        assert await find(provider="corp", subject="x", sid="sid-2", created_before=T0 + 9, now=T0 + 3) == []
+        assert await find(provider="corp", created_before=T0 + 9, now=T0 + 3) == []
+
+    async def test_federated_sessions_skip_revoked_and_later_sessions(self, store: Store) -> None:
+        user = await _user(store)
+        old, _ = await _session(store, user)
+        revoked, _ = await _session(store, user)
+        later, _ = await _session(store, user, now=T0 + 50)
+        for s in (old, revoked, later):
+            await store.record_federated_session(session_id=s.id, provider="corp", subject="s", sid="")
+        await store.revoke(now=T0 + 1, reason="test", session_id=revoked.id)
+        assert await store.federated_sessions(provider="corp", subject="s", created_before=T0 + 10, now=T0 + 51) == [old.id]
+
     # -- authorization: roles and the grant-change log -------------------------------------------
 
     async def test_roles_new_user_has_none_at_version_zero(self, store: Store) -> None:

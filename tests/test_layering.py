@@ -24,6 +24,8 @@ PURE = [
     "gateway.headers",
     "gateway.upstream_pool",
     "gateway.upstream_wire",
+    "gateway.federation.flow",
+    "gateway.federation.service",
     "gateway.grants",
     "gateway.roles",
     "gateway.policy",

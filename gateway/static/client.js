@@ -10,6 +10,7 @@
 //   const res = await auth.fetch('/api/whoami');           // Bearer added; on 401: one refresh, one retry
 //   auth.addEventListener('logged-out', (e) => showLogin(e.detail.reason));
 //   const ws = auth.websocket('wss://app.example.com/api/ws'); // a close with 1008 (revoked) logs out
+//   auth.loginWith('corp');                                 // to the identity provider and back, logged in
 
 const LOCK_NAME = 'authgateway-refresh';
 const CHANNEL_NAME = 'authgateway';
@@ -245,9 +246,26 @@ export function createAuthClient({ prefix = '/auth', fetchImpl } = {}) {
     return true;
   }
 
+  // -- federated login (OpenID Connect) ---------------------------------------------------------
+  // The provider's tokens never reach the page: the gateway finishes the login and sets its own
+  // refresh cookie, so after the redirect back `refresh()` (or the first `fetch`) gets an access token.
+
+  async function providers() {
+    const res = await doFetch(`${prefix}/providers`, { credentials: 'same-origin' });
+    if (!res.ok) throw await errorFrom(res);
+    return (await res.json()).providers;
+  }
+
+  function loginWith(name, returnTo) {
+    const back = returnTo === undefined ? `${globalThis.location.pathname}${globalThis.location.search}` : returnTo;
+    globalThis.location.assign(`${prefix}/oidc/${encodeURIComponent(name)}/login?return_to=${encodeURIComponent(back)}`);
+  }
+
   return {
     fetch: authFetch,
     websocket,
+    providers,
+    loginWith,
     login,
     logout,
     logoutAll,

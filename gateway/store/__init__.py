@@ -224,6 +224,23 @@ class Store(Protocol):
     async def prune(self, *, now: float, revocations_before: float) -> int:
         """Deletes sessions past their absolute expiry and older revocation entries; returns the sessions deleted."""
 
+    # -- federated login: identities linked by (provider, subject), and the sessions they started --
+
+    async def link_identity(self, *, provider: str, subject: str, user_id: str, now: float) -> None:
+        """Links the provider's `sub` to a user; raises Conflict when (provider, subject) is already linked."""
+
+    async def find_identity(self, *, provider: str, subject: str) -> str | None:
+        """The id of the user linked to (provider, subject)."""
+
+    async def record_federated_session(self, *, session_id: str, provider: str, subject: str, sid: str) -> None:
+        """Remembers which provider login (its `sub` and session `sid`) started a session."""
+
+    async def federated_sessions(
+        self, *, provider: str, subject: str | None = None, sid: str | None = None, created_before: float, now: float
+    ) -> list[str]:
+        """Live sessions started by that provider for `subject` and/or `sid` (both given: both must match),
+        created at or before `created_before`."""
+
     # -- authorization: roles and the log of grant changes --------------------------------------
 
     async def set_user_roles(self, user_id: str, roles: tuple[str, ...], *, now: float) -> UserRecord | None:

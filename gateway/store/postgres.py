@@ -74,6 +74,25 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE sessions ADD COLUMN amr TEXT NOT NULL DEFAULT 'pwd';
     ALTER TABLE sessions ADD COLUMN idp TEXT NOT NULL DEFAULT '';
     """,
+    # Federated login: users linked by (provider, sub), and which provider login started a session.
+    """
+    CREATE TABLE federated_identities (
+        provider TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (provider, subject)
+    );
+    CREATE INDEX federated_identities_user ON federated_identities(user_id);
+    CREATE TABLE federated_sessions (
+        session_id TEXT PRIMARY KEY REFERENCES sessions(id) ON DELETE CASCADE,
+        provider TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        sid TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX federated_sessions_subject ON federated_sessions(provider, subject);
+    CREATE INDEX federated_sessions_sid ON federated_sessions(provider, sid);
+    """,
     # Authorization: roles on users (space-separated, sorted) with a version that every change bumps,
     # and the ordered log that tells every instance which grants changed.
     """
@@ -362,6 +381,47 @@ class PostgresStore(PostgresAccounts):
             raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
         return int(status.split()[-1])
 
+    # -- federated login ---------------------------------------------------------------------
+
+    async def link_identity(self, *, provider: str, subject: str, user_id: str, now: float) -> None:
+        try:
+            await self._pool.execute(
+                "INSERT INTO federated_identities (provider, subject, user_id, created_at) VALUES ($1, $2, $3, $4)",
+                provider, subject, user_id, now,
+            )  # fmt: skip
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict(f"{provider} subject is already linked") from exc
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+
+    async def find_identity(self, *, provider: str, subject: str) -> str | None:
+        rows = await self._fetch(
+            "SELECT user_id FROM federated_identities WHERE provider = $1 AND subject = $2", provider, subject
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def record_federated_session(self, *, session_id: str, provider: str, subject: str, sid: str) -> None:
+        try:
+            await self._pool.execute(
+                "INSERT INTO federated_sessions (session_id, provider, subject, sid) VALUES ($1, $2, $3, $4)",
+                session_id, provider, subject, sid,
+            )  # fmt: skip
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+
+    async def federated_sessions(
+        self, *, provider: str, subject: str | None = None, sid: str | None = None, created_before: float, now: float
+    ) -> list[str]:
+        if subject is None and sid is None:
+            return []
+        # A NULL parameter matches anything: sub and sid are each optional in a logout token.
+        rows = await self._fetch(
+            "SELECT s.id FROM federated_sessions f JOIN sessions s ON s.id = f.session_id"
+            " WHERE f.provider = $1 AND ($2::text IS NULL OR f.subject = $2) AND ($3::text IS NULL OR f.sid = $3)"
+            " AND s.revoked_at IS NULL AND s.created_at <= $4 AND s.absolute_expires_at > $5 ORDER BY s.created_at",
+            provider, subject, sid, created_before, now,
+        )  # fmt: skip
+        return [r[0] for r in rows]
     # -- authorization: roles and the log of grant changes --------------------------------------
 
     async def set_user_roles(self, user_id: str, roles: tuple[str, ...], *, now: float) -> UserRecord | None:

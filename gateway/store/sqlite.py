@@ -83,6 +83,25 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE sessions ADD COLUMN amr TEXT NOT NULL DEFAULT 'pwd';
     ALTER TABLE sessions ADD COLUMN idp TEXT NOT NULL DEFAULT '';
     """,
+    # Federated login: users linked by (provider, sub), and which provider login started a session.
+    """
+    CREATE TABLE federated_identities (
+        provider TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (provider, subject)
+    );
+    CREATE INDEX federated_identities_user ON federated_identities(user_id);
+    CREATE TABLE federated_sessions (
+        session_id TEXT PRIMARY KEY REFERENCES sessions(id) ON DELETE CASCADE,
+        provider TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        sid TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX federated_sessions_subject ON federated_sessions(provider, subject);
+    CREATE INDEX federated_sessions_sid ON federated_sessions(provider, sid);
+    """,
     # Authorization: roles on users (space-separated, sorted) with a version that every change bumps,
     # and the ordered log that tells every instance which grants changed.
     """
@@ -377,6 +396,54 @@ class SqliteStore(SqliteAccounts):
 
         return await self._do(op, write=True)
 
+    # -- federated login ---------------------------------------------------------------------
+
+    async def link_identity(self, *, provider: str, subject: str, user_id: str, now: float) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            try:
+                db.execute(
+                    "INSERT INTO federated_identities (provider, subject, user_id, created_at) VALUES (?, ?, ?, ?)",
+                    (provider, subject, user_id, now),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(f"{provider} subject is already linked") from exc
+
+        await self._do(op, write=True)
+
+    async def find_identity(self, *, provider: str, subject: str) -> str | None:
+        rows = await self._rows(
+            "SELECT user_id FROM federated_identities WHERE provider = ? AND subject = ?", (provider, subject)
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def record_federated_session(self, *, session_id: str, provider: str, subject: str, sid: str) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO federated_sessions (session_id, provider, subject, sid) VALUES (?, ?, ?, ?)",
+                (session_id, provider, subject, sid),
+            )
+
+        await self._do(op, write=True)
+
+    async def federated_sessions(
+        self, *, provider: str, subject: str | None = None, sid: str | None = None, created_before: float, now: float
+    ) -> list[str]:
+        if subject is None and sid is None:
+            return []
+        where, params = ["f.provider = ?"], [provider]
+        if subject is not None:
+            where.append("f.subject = ?")
+            params.append(subject)
+        if sid is not None:
+            where.append("f.sid = ?")
+            params.append(sid)
+        rows = await self._rows(
+            "SELECT s.id FROM federated_sessions f JOIN sessions s ON s.id = f.session_id WHERE "
+            + " AND ".join(where)
+            + " AND s.revoked_at IS NULL AND s.created_at <= ? AND s.absolute_expires_at > ? ORDER BY s.created_at",
+            (*params, created_before, now),
+        )
+        return [r[0] for r in rows]
     # -- authorization: roles and the log of grant changes --------------------------------------
 
     async def set_user_roles(self, user_id: str, roles: tuple[str, ...], *, now: float) -> UserRecord | None:
