@@ -9,12 +9,17 @@ GatewayError
 │   ├── TokenInvalid (invalid_token)
 │   │   └── TokenExpired (invalid_token)
 │   ├── InvalidCredentials (invalid_credentials)
-│   └── RefreshMissing (missing_refresh_token)
+│   ├── RefreshMissing (missing_refresh_token)
+│   ├── MfaTokenInvalid (invalid_mfa_token)
+│   ├── MfaCodeInvalid (invalid_mfa_code)
+│   └── PasskeyRejected (invalid_passkey)
 ├── Forbidden (403)
 │   ├── RefreshRejected (invalid_refresh_token)
 │   │   └── RefreshReused (refresh_token_reused)
-│   └── CsrfFailed (csrf_failed)
+│   ├── CsrfFailed (csrf_failed)
+│   └── MfaCodeRefused (invalid_mfa_code)
 ├── NoRoute (404 not_found)
+├── MfaStateError (409 mfa_state)
 ├── MethodNotAllowed (405 method_not_allowed)
 ├── RateLimited (429 rate_limited)
 ├── UpstreamError (502 bad_gateway)
@@ -39,7 +44,12 @@ __all__ = [
     "GatewayError",
     "InvalidCredentials",
     "MethodNotAllowed",
+    "MfaCodeInvalid",
+    "MfaCodeRefused",
+    "MfaStateError",
+    "MfaTokenInvalid",
     "NoRoute",
+    "PasskeyRejected",
     "PayloadTooLarge",
     "RateLimited",
     "RefreshMissing",
@@ -211,6 +221,40 @@ class Conflict(StoreError):
 
     status = 409
     code = "conflict"
+
+
+# -- second factors (gateway/mfa) ------------------------------------------------------------
+
+
+class MfaTokenInvalid(AuthError):
+    """The mfa_token of a two-step login is unknown, expired, used up or out of tries."""
+
+    code = "invalid_mfa_token"
+
+
+class MfaCodeInvalid(AuthError):
+    """The second step of a login: a wrong, reused or stale TOTP or recovery code."""
+
+    code = "invalid_mfa_code"
+
+
+class MfaCodeRefused(Forbidden):
+    """An authenticated caller's TOTP or recovery code was wrong (403: the access token itself is fine)."""
+
+    code = "invalid_mfa_code"
+
+
+class PasskeyRejected(AuthError):
+    """A WebAuthn response that does not verify: unknown challenge or credential, bad signature, counter."""
+
+    code = "invalid_passkey"
+
+
+class MfaStateError(GatewayError):
+    """The factor is not in a state that allows this (enrol while on, confirm with nothing pending)."""
+
+    status = 409
+    code = "mfa_state"
 
 
 class ConfigError(Exception):
