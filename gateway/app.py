@@ -14,7 +14,7 @@ import ipaddress
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -31,6 +31,8 @@ from gateway.keys import (
     KEYRING,
     LIVE_ROUTES,
     METRICS,
+    MFA,
+    PASSKEYS,
     REVOKED,
     ROUTE_LABEL,
     SESSIONS,
@@ -39,6 +41,10 @@ from gateway.keys import (
 )
 from gateway.log import store_log
 from gateway.metrics import Metrics
+from gateway.mfa import routes as mfa_routes
+from gateway.mfa.passkeys import PasskeyService
+from gateway.mfa.secretbox import SecretBox
+from gateway.mfa.service import MfaService
 from gateway.middleware import error_middleware
 from gateway.openapi import openapi_document
 from gateway.paths import RouteTable, normalize_target, under_prefix
@@ -163,11 +169,14 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     app[METRICS] = metrics
     app[CLOCK] = clock
     app[KEYRING] = keyring or KeyRing(config.tokens)
+    # Read once here, like the key ring: the TOTP key may come from the private key file.
+    mfa_box = SecretBox.from_config(config.mfa, config.tokens)
     app[REVOKED] = RevokedSessions()
     app[WEBSOCKETS] = {}
     prefix = config.server.auth_prefix
     endpoints: dict[str, dict[str, Handler]] = {
         **auth_routes.auth_endpoints(prefix),
+        **mfa_routes.endpoints(prefix),
         f"{prefix}/client.js": {"GET": _client_js},
         f"{prefix}/openapi.json": {"GET": _openapi},
         "/.well-known/jwks.json": {"GET": _jwks},
@@ -176,6 +185,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
         "/metrics": {"GET": _metrics},
     }
     sessions_prefix = f"{prefix}/sessions/"
+    passkeys_prefix = f"{prefix}/passkeys/"
     live = _LiveRoutes(config, metrics)
     app[LIVE_ROUTES] = live
 
@@ -191,6 +201,10 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
                 if request.method != "DELETE":
                     raise MethodNotAllowed("use DELETE", allow=("DELETE",))
                 return await auth_routes.delete_session(request, path[len(sessions_prefix) :])
+            if path.startswith(passkeys_prefix) and "/" not in path[len(passkeys_prefix) :]:
+                if request.method != "DELETE":
+                    raise MethodNotAllowed("use DELETE", allow=("DELETE",))
+                return await mfa_routes.delete_passkey(request, path[len(passkeys_prefix) :])
             raise NoRoute(f"no gateway endpoint at {path}")
         if methods is not None:
             if in_auth:
@@ -234,6 +248,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
 
     app.router.add_route("*", "/{tail:.*}", handle)
     app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(functools.partial(_mfa_ctx, box=mfa_box))
     app.cleanup_ctx.append(_client_ctx)
     app.cleanup_ctx.append(_revocation_ctx)
     app.on_shutdown.append(_close_all_websockets)
@@ -262,6 +277,15 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 _background: set[asyncio.Task[None]] = set()
+
+
+async def _mfa_ctx(app: web.Application, *, box: SecretBox) -> AsyncIterator[None]:
+    """The second-factor services, on the store that `_store_ctx` opened."""
+    store, cfg = cast(Any, app[STORE]), app[CONFIG]  # both backends implement MfaStore too
+    on_event = app[METRICS].mfa_event
+    app[MFA] = MfaService(store=store, sessions=app[SESSIONS], config=cfg, box=box, on_event=on_event, clock=app[CLOCK])
+    app[PASSKEYS] = PasskeyService(store=store, sessions=app[SESSIONS], config=cfg, on_event=on_event, clock=app[CLOCK])
+    yield
 
 
 async def _client_ctx(app: web.Application) -> AsyncIterator[None]:

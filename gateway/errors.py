@@ -2,6 +2,7 @@
 
 GatewayError
 ├── BadRequest (400 invalid_request)
+│   └── PasskeyInvalid (invalid_passkey)
 ├── RequestTimeout (408 request_timeout)
 ├── PayloadTooLarge (413 payload_too_large)
 ├── AuthError (401)
@@ -49,6 +50,7 @@ __all__ = [
     "MfaStateError",
     "MfaTokenInvalid",
     "NoRoute",
+    "PasskeyInvalid",
     "PasskeyRejected",
     "PayloadTooLarge",
     "RateLimited",
@@ -246,6 +248,12 @@ class MfaCodeRefused(Forbidden):
 
 class PasskeyRejected(AuthError):
     """A WebAuthn response that does not verify: unknown challenge or credential, bad signature, counter."""
+
+    code = "invalid_passkey"
+
+
+class PasskeyInvalid(BadRequest):
+    """A passkey registration that does not verify (unknown challenge, wrong origin or RP id, no user verification)."""
 
     code = "invalid_passkey"
 

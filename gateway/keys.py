@@ -11,6 +11,8 @@ from aiohttp import ClientSession, web
 
 from gateway.config import Config
 from gateway.metrics import Metrics
+from gateway.mfa.passkeys import PasskeyService
+from gateway.mfa.service import MfaService
 from gateway.revocations import RevokedSessions
 from gateway.sessions import SessionService
 from gateway.store import Store
@@ -28,6 +30,8 @@ __all__ = [
     "ROUTE_LABEL",
     "UPSTREAM_SECONDS",
     "METRICS",
+    "MFA",
+    "PASSKEYS",
     "SESSIONS",
     "STORE",
     "WEBSOCKETS",
@@ -40,6 +44,8 @@ KEYRING = web.AppKey("keyring", KeyRing)
 STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
 SESSIONS = web.AppKey("sessions", SessionService)
 CLIENT = web.AppKey("client", ClientSession)
+MFA = web.AppKey("mfa", MfaService)
+PASSKEYS = web.AppKey("passkeys", PasskeyService)
 METRICS = web.AppKey("metrics", Metrics)
 # The route table and forwarder, a mutable holder so SIGHUP can swap them while the app runs.
 LIVE_ROUTES = web.AppKey("live_routes", object)

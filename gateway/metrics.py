@@ -42,6 +42,10 @@ class Metrics:
         self.revocations = Counter("gateway_sessions_revoked_total", "Sessions revoked, by reason", ["reason"], registry=r)
         self.active_sessions = Gauge("gateway_active_sessions", "Live sessions in the store", registry=r, multiprocess_mode="max")
         self.revoked_set = Gauge("gateway_revoked_session_ids", "Revoked session ids held in memory", registry=r, multiprocess_mode="max")
+        self.mfa = Counter(
+            "gateway_mfa_events_total", "Second-factor events (enrolments, failures, resets), by event and method",
+            ["event", "method"], registry=r,
+        )  # fmt: skip
         self._request_children: dict[tuple[str, str, int], Any] = {}
         self._auth_children: dict[tuple[str, str], Any] = {}
         self._upstream_children: dict[str, Any] = {}
@@ -83,6 +87,10 @@ class Metrics:
         getattr(self, name).labels(label or reason or "ok").inc()
         if event == "reuse_detected":
             self.reuse.inc()
+
+    def mfa_event(self, event: str, method: str) -> None:
+        """Counts a second-factor audit event; both labels come from our own fixed sets."""
+        self.mfa.labels(event, method).inc()
 
     def render(self) -> bytes:
         """The text exposition; with PROMETHEUS_MULTIPROC_DIR set, the sum over all worker processes."""

@@ -22,6 +22,12 @@ PURE = [
     "gateway.metrics",
     "gateway.sessions",
     "gateway.workers",
+    "gateway.mfa",
+    "gateway.mfa.secretbox",
+    "gateway.mfa.totp",
+    "gateway.mfa.recovery",
+    "gateway.mfa.service",
+    "gateway.mfa.passkeys",
 ]
 
 

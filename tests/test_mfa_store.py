@@ -43,9 +43,15 @@ def _passkey(user: UserRecord, credential_id: str = "cred-1", count: int = 0) ->
     )  # fmt: skip
 
 
-def _challenge(user: UserRecord | None, *, kind: str = "mfa_login", ttl: float = 300, key: str | None = None) -> ChallengeRecord:
+def _challenge(
+    user: UserRecord | None, *, kind: str = "mfa_login", ttl: float = 300, key: str | None = None
+) -> ChallengeRecord:
     return ChallengeRecord(
-        key_hash=key or uuid.uuid4().hex, kind=kind, user_id=user.id if user else None, payload='{"a":1}', expires_at=T0 + ttl
+        key_hash=key or uuid.uuid4().hex,
+        kind=kind,
+        user_id=user.id if user else None,
+        payload='{"a":1}',
+        expires_at=T0 + ttl,
     )
 
 
@@ -170,7 +176,9 @@ class MfaStoreContract:
     async def test_challenge_take_concurrent_exactly_one_gets_it(self, store: Any) -> None:
         c = _challenge(None, kind="webauthn_login")
         await store.challenge_put(c, now=T0)
-        results = await asyncio.gather(*[store.challenge_take(c.key_hash, kind="webauthn_login", now=T0) for _ in range(10)])
+        results = await asyncio.gather(
+            *[store.challenge_take(c.key_hash, kind="webauthn_login", now=T0) for _ in range(10)]
+        )
         assert sum(r is not None for r in results) == 1
 
     async def test_challenge_take_expired_gives_nothing(self, store: Any) -> None:
