@@ -246,7 +246,9 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
         finally:
             request_finished(request.protocol)
 
-    app.router.add_route("*", "/{tail:.*}", handle)
+    # [\s\S], not ".": a percent-encoded newline in a path (/auth/passkeys/a%0Ab) must reach dispatch, which
+    # answers it as JSON; "." stops at the newline and aiohttp's own text 404 would answer instead.
+    app.router.add_route("*", "/{tail:[\\s\\S]*}", handle)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(functools.partial(_mfa_ctx, box=mfa_box))
     app.cleanup_ctx.append(_client_ctx)

@@ -104,7 +104,11 @@ async def test_openapi_document_lists_auth_endpoints(make_gateway: MakeGateway, 
     client = await make_gateway(make_config(server={"auth_prefix": "/gw"}))
     doc = await (await client.get("/gw/openapi.json")).json()
     assert doc["openapi"] == "3.1.0"
-    assert set(doc["paths"]) == {"/gw/login", "/gw/refresh-token", "/gw/logout", "/gw/logout-all", "/gw/sessions", "/gw/sessions/{id}"}
+    assert set(doc["paths"]) == {"/gw/login", "/gw/refresh-token", "/gw/logout", "/gw/logout-all", "/gw/sessions", "/gw/sessions/{id}"} | {
+        f"/gw{p}" for p in ("/mfa", "/mfa/totp/enroll", "/mfa/totp/confirm", "/mfa/totp", "/mfa/recovery-codes", "/login/mfa",
+                            "/passkeys", "/passkeys/{id}", "/passkeys/register/options", "/passkeys/register",
+                            "/passkeys/login/options", "/passkeys/login")
+    }  # fmt: skip
 
 
 class _TcpRelay:
