@@ -22,12 +22,16 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import auth_routes
 from gateway.auth import authenticate
+from gateway.authz import enforce_policy
 from gateway.config import Config
 from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, NoRoute, StoreError
+from gateway.grant_sync import grants_ctx
+from gateway.grants import StaleGrants
 from gateway.keys import (
     CLIENT,
     CLOCK,
     CONFIG,
+    GRANTS,
     KEYRING,
     LIVE_ROUTES,
     METRICS,
@@ -172,6 +176,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     # Read once here, like the key ring: the TOTP key may come from the private key file.
     mfa_box = SecretBox.from_config(config.mfa, config.tokens)
     app[REVOKED] = RevokedSessions()
+    app[GRANTS] = StaleGrants()
     app[WEBSOCKETS] = {}
     prefix = config.server.auth_prefix
     endpoints: dict[str, dict[str, Handler]] = {
@@ -225,6 +230,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
                 metrics.auth_decision("deny", exc.code)
                 raise
             metrics.auth_decision("allow" if principal else "anonymous", "ok")
+            enforce_policy(request, route, target, principal)
         return await live.forwarder.forward(request, route, target, principal)
 
     if config.server.hsts:
@@ -253,6 +259,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     app.cleanup_ctx.append(functools.partial(_mfa_ctx, box=mfa_box))
     app.cleanup_ctx.append(_client_ctx)
     app.cleanup_ctx.append(_revocation_ctx)
+    app.cleanup_ctx.append(grants_ctx)
     app.on_shutdown.append(_close_all_websockets)
     return app
 

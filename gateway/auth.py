@@ -12,7 +12,7 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.errors import BadRequest, CsrfFailed, TokenInvalid, TokenMissing
-from gateway.keys import CLOCK, CONFIG, KEYRING, PRINCIPAL, REVOKED
+from gateway.keys import CLOCK, CONFIG, GRANTS, KEYRING, PRINCIPAL, REVOKED
 from gateway.tokens import Principal
 
 __all__ = [
@@ -129,6 +129,8 @@ def authenticate(request: web.Request, *, required: bool, csrf: bool = True) -> 
     principal = app[KEYRING].verify_access_token(token, now=app[CLOCK]())
     if principal.sid in app[REVOKED]:
         raise TokenInvalid("the session of this access token was revoked")
+    if app[GRANTS].refuses(principal.sub, principal.rv):
+        raise TokenInvalid("the roles or the client of this access token changed; refresh it")
     if csrf and from_cookie and (request.method in UNSAFE_METHODS or request.headers.get("Upgrade", "").lower() == "websocket"):
         check_origin(request, cfg)
     request[PRINCIPAL] = principal

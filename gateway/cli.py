@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     setpw = users.add_parser("set-password", parents=[common], help="set a new password (revokes all sessions)")
     setpw.add_argument("email")
     setpw.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    roles = users.add_parser("roles", parents=[common], help="change and print a user's roles (tokens from before a change are refused)")
+    roles.add_argument("email")
+    roles.add_argument("--add", action="append", default=[], metavar="ROLE", help="add a role (repeatable)")
+    roles.add_argument("--remove", action="append", default=[], metavar="ROLE", help="remove a role (repeatable)")
     sessions = sub.add_parser("sessions", parents=[common], help="view and revoke sessions").add_subparsers(
         dest="action", required=True, parser_class=_Parser
     )
@@ -210,6 +214,14 @@ async def _admin(cfg: Config, args: argparse.Namespace) -> int:
                 user = await service.get_user(args.email)
                 revoked = await service.set_password(user.email, _read_password(from_stdin=args.password_stdin))
                 print(f"password set for {user.email}; revoked {len(revoked)} session(s)")
+            elif args.action == "roles":
+                from gateway.roles import change_roles
+
+                user = await service.get_user(args.email)
+                if args.add or args.remove:
+                    user = await change_roles(store, user, add=args.add, remove=args.remove, now=service.clock())
+                for role in user.roles:
+                    print(role)
         elif args.command == "sessions":
             if args.action == "list":
                 user = await service.get_user(args.email)

@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
+from gateway.policy import Policy, compile_policy
 
 __all__ = [
     "AuthMode",
@@ -142,6 +143,13 @@ class IdentityHeadersConfig:
     user_id: str = "X-User-Id"
     email: str = "X-User-Email"
     session_id: str = "X-Session-Id"
+    roles: str = "X-User-Roles"
+    client_id: str = "X-Client-Id"
+    scopes: str = "X-Token-Scopes"
+
+    def names(self) -> tuple[str, ...]:
+        """Every identity header name, as configured."""
+        return (self.user_id, self.email, self.session_id, self.roles, self.client_id, self.scopes)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,6 +197,8 @@ class RouteConfig:
     timeout: timedelta = timedelta(seconds=30)
     forward_authorization: bool = False
     preserve_host: bool = False
+    # Authorization: the route's allow/deny rules, compiled at load (None: any authenticated caller).
+    policy: Policy | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -534,6 +544,15 @@ def _cookies(t: _Table) -> CookieConfig:
     return cfg
 
 
+def _route_policy(t: _Table, i: int) -> Policy | None:
+    """`allow`/`deny` of routes[i], compiled; public routes may not carry them."""
+    allow, deny = t.get("allow", None, lambda r: r), t.get("deny", None, lambda r: r)
+    if (allow is not None or deny is not None) and t.data.get("auth") == "public":
+        t.problems.append(f"routes[{i}].{'allow' if allow is not None else 'deny'}: a public route cannot carry a policy")
+        return None
+    return compile_policy(allow, deny, where=f"routes[{i}]", problems=t.problems)
+
+
 def _routes(raw: object, problems: list[str], base: Path) -> tuple[RouteConfig, ...]:
     if raw is None:
         return ()
@@ -557,6 +576,7 @@ def _routes(raw: object, problems: list[str], base: Path) -> tuple[RouteConfig, 
             timeout=t.get("timeout", timedelta(seconds=30), parse_duration),
             forward_authorization=t.get("forward_authorization", False),
             preserve_host=t.get("preserve_host", False),
+            policy=_route_policy(t, i),
         )
         t.finish()
         if route.timeout <= timedelta(0) and "timeout" in t.data:
@@ -594,10 +614,13 @@ def parse_config(data: dict[str, Any], *, base: Path, source: str = "", env: dic
         user_id=ih_t.get("user_id", dih.user_id, _header_name),
         email=ih_t.get("email", dih.email, _header_name),
         session_id=ih_t.get("session_id", dih.session_id, _header_name),
+        roles=ih_t.get("roles", dih.roles, _header_name),
+        client_id=ih_t.get("client_id", dih.client_id, _header_name),
+        scopes=ih_t.get("scopes", dih.scopes, _header_name),
     )
     ih_t.finish()
-    if len({identity.user_id.lower(), identity.email.lower(), identity.session_id.lower()}) != 3:
-        problems.append("identity_headers: the three header names must differ")
+    if len({name.lower() for name in identity.names()}) != len(identity.names()):
+        problems.append("identity_headers: the header names must differ")
     lim_t = _Table("limits", root.get("limits", None, lambda r: r), problems)
     dl = LimitsConfig()
     limits = LimitsConfig(login=lim_t.get("login", dl.login, _parse_rate), refresh=lim_t.get("refresh", dl.refresh, _parse_rate))

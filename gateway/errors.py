@@ -11,6 +11,7 @@ GatewayError
 │   │   └── TokenExpired (invalid_token)
 │   ├── InvalidCredentials (invalid_credentials)
 │   ├── RefreshMissing (missing_refresh_token)
+│   ├── InsufficientUserAuthentication (insufficient_user_authentication)
 │   ├── MfaTokenInvalid (invalid_mfa_token)
 │   ├── MfaCodeInvalid (invalid_mfa_code)
 │   └── PasskeyRejected (invalid_passkey)
@@ -18,6 +19,7 @@ GatewayError
 │   ├── RefreshRejected (invalid_refresh_token)
 │   │   └── RefreshReused (refresh_token_reused)
 │   ├── CsrfFailed (csrf_failed)
+│   ├── InsufficientScope (insufficient_scope)
 │   └── MfaCodeRefused (invalid_mfa_code)
 ├── NoRoute (404 not_found)
 ├── MfaStateError (409 mfa_state)
@@ -43,6 +45,8 @@ __all__ = [
     "CsrfFailed",
     "Forbidden",
     "GatewayError",
+    "InsufficientScope",
+    "InsufficientUserAuthentication",
     "InvalidCredentials",
     "MethodNotAllowed",
     "MfaCodeInvalid",
@@ -159,6 +163,24 @@ class CsrfFailed(Forbidden):
     """A cookie-authenticated unsafe request came without an allowed Origin or Referer."""
 
     code = "csrf_failed"
+
+
+# -- authorization ---------------------------------------------------------------------------------
+# `challenge` is the WWW-Authenticate value error_middleware sends with these.
+
+
+class InsufficientScope(Forbidden):
+    """Authenticated, but the route's policy refuses this caller (RFC 6750 3.1)."""
+
+    code = "insufficient_scope"
+    challenge = 'Bearer error="insufficient_scope"'
+
+
+class InsufficientUserAuthentication(AuthError):
+    """The route's policy admits this caller only after a second factor (RFC 9470)."""
+
+    code = "insufficient_user_authentication"
+    challenge = 'Bearer error="insufficient_user_authentication"'
 
 
 class NoRoute(GatewayError):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from aiohttp import ClientSession, web
 
 from gateway.config import Config
+from gateway.grants import StaleGrants
 from gateway.metrics import Metrics
 from gateway.mfa.passkeys import PasskeyService
 from gateway.mfa.service import MfaService
@@ -22,6 +23,7 @@ __all__ = [
     "CLIENT",
     "CLOCK",
     "CONFIG",
+    "GRANTS",
     "KEYRING",
     "LIVE_ROUTES",
     "PRINCIPAL",
@@ -50,6 +52,8 @@ METRICS = web.AppKey("metrics", Metrics)
 # The route table and forwarder, a mutable holder so SIGHUP can swap them while the app runs.
 LIVE_ROUTES = web.AppKey("live_routes", object)
 REVOKED = web.AppKey("revoked", RevokedSessions)
+# Subjects whose older access tokens are refused (roles changed, machine client removed).
+GRANTS = web.AppKey("grants", StaleGrants)
 # Open proxied WebSockets by session id, so a revocation can close them at once.
 WEBSOCKETS = web.AppKey("websockets", dict[str, set[web.WebSocketResponse]])
 

@@ -42,6 +42,10 @@ class Metrics:
         self.revocations = Counter("gateway_sessions_revoked_total", "Sessions revoked, by reason", ["reason"], registry=r)
         self.active_sessions = Gauge("gateway_active_sessions", "Live sessions in the store", registry=r, multiprocess_mode="max")
         self.revoked_set = Gauge("gateway_revoked_session_ids", "Revoked session ids held in memory", registry=r, multiprocess_mode="max")
+        self.policy_refusals = Counter(
+            "gateway_policy_refusals_total", "Requests a route policy refused, by route, deciding rule and answer",
+            ["route", "rule", "reason"], registry=r,
+        )  # fmt: skip
         self.mfa = Counter(
             "gateway_mfa_events_total", "Second-factor events (enrolments, failures, resets), by event and method",
             ["event", "method"], registry=r,
@@ -74,6 +78,10 @@ class Metrics:
         if child is None:
             child = self._auth_children[key] = self.auth.labels(decision, reason)
         child.inc()
+
+    def policy_refusal(self, route: str, rule: str, reason: str) -> None:
+        """Counts one refusal by a route policy; rule paths come from the config, so the labels stay bounded."""
+        self.policy_refusals.labels(route, rule, reason).inc()
 
     def session_event(self, event: str, reason: str) -> None:
         """Counts a session event as the audit log names it."""

@@ -39,7 +39,10 @@ def _quote(text: str) -> str:
 def error_response(exc: GatewayError) -> web.Response:
     """The JSON error body with the headers its status needs (WWW-Authenticate, Allow, Retry-After)."""
     headers: dict[str, str] = {"Cache-Control": "no-store"}
-    if isinstance(exc, TokenInvalid):
+    challenge = getattr(exc, "challenge", None)
+    if challenge is not None:
+        headers["WWW-Authenticate"] = challenge
+    elif isinstance(exc, TokenInvalid):
         headers["WWW-Authenticate"] = f'Bearer error="invalid_token", error_description="{_quote(exc.description)}"'
     elif isinstance(exc, AuthError):
         headers["WWW-Authenticate"] = 'Bearer realm="gateway"'

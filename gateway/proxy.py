@@ -55,7 +55,7 @@ class Forwarder:
         self.cfg = cfg
         self._observe = observe
         ih = cfg.identity_headers
-        self._identity = (ih.user_id, ih.email, ih.session_id)
+        self._identity = ih.names()
         self._strip = HOP_BY_HOP | {
             h.lower() for h in self._identity
         } | {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "expect", "cookie"}
@@ -117,6 +117,7 @@ class Forwarder:
             out[self._identity[0]] = principal.sub
             out[self._identity[1]] = principal.email
             out[self._identity[2]] = principal.sid
+            out[self._identity[3]] = ",".join(principal.roles)
         return out
 
     def _filter_cookies(self, values: list[str] | tuple[str, ...]) -> str:

@@ -234,7 +234,7 @@ class SessionService:
     def _issue(self, session: SessionRecord, user: UserRecord, refresh_token: str, *, now: float) -> Issued:
         access, expires_in = self.keys.issue_access_token(
             sub=user.id, sid=session.id, email=user.email, now=now, not_after=session.absolute_expires_at,
-            amr=session.amr, idp=session.idp,
+            amr=session.amr, idp=session.idp, roles=user.roles, rv=user.roles_version,
         )
         max_age = max(0, int(session.expires_at - now)) if session.remember_me else None
         return Issued(

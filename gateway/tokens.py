@@ -12,7 +12,7 @@ import json
 import secrets
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,14 @@ class Principal:
     # federated login, the identity provider's name.
     amr: tuple[str, ...] = ()
     idp: str = ""
+    # Authorization: the user's roles (sorted) and their version when the token was issued (see grants.py).
+    roles: tuple[str, ...] = ()
+    rv: int = 0
+    # A machine client's token (RFC 9068): its id (then also `sub`) and granted scopes; "" and () for users.
+    client_id: str = ""
+    scopes: tuple[str, ...] = ()
+    # Every verified claim, for policies that match on claims; not compared, not printed.
+    claims: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +205,8 @@ class KeyRing:
         not_after: float | None = None,
         amr: tuple[str, ...] = ("pwd",),
         idp: str = "",
+        roles: tuple[str, ...] = (),
+        rv: int = 0,
     ) -> tuple[str, int]:
         """A signed access token and its lifetime in seconds; `exp` never passes `not_after`."""
         iat = int(now)
@@ -213,6 +223,8 @@ class KeyRing:
             "exp": exp,
             "email": email,
             "amr": list(amr),
+            "roles": sorted(roles),
+            "rv": rv,
         }
         if idp:
             claims["idp"] = idp
@@ -279,6 +291,11 @@ class KeyRing:
         amr, idp = claims.get("amr", []), claims.get("idp", "")
         if not isinstance(amr, list) or not all(isinstance(m, str) for m in amr) or not isinstance(idp, str):
             raise TokenInvalid("the access token has malformed amr or idp claims")
+        roles, rv = claims.get("roles", []), claims.get("rv", 0)
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise TokenInvalid("the access token has a malformed roles claim")
+        if not isinstance(rv, int) or isinstance(rv, bool):
+            raise TokenInvalid("the access token has a malformed rv claim")
         if now is not None:
             # RFC 7519 4.1.4: a token MUST NOT be accepted "on or after" exp, so now == exp (+ leeway) is expired.
             if now >= exp + self._leeway:
@@ -287,4 +304,7 @@ class KeyRing:
                 raise TokenInvalid("the access token is not valid yet")
             if now + self._leeway < iat:
                 raise TokenInvalid("the access token was issued in the future")
-        return Principal(sub=sub, sid=sid, email=email, jti=jti, exp=exp, amr=tuple(amr), idp=idp)  # type: ignore[arg-type]
+        return Principal(
+            sub=sub, sid=sid, email=email, jti=jti, exp=exp, amr=tuple(amr), idp=idp,  # type: ignore[arg-type]
+            roles=tuple(sorted(roles)), rv=rv, claims=claims,
+        )  # fmt: skip

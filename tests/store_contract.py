@@ -493,3 +493,64 @@ class StoreContract:
 
     async def test_ping_answers(self, store: Store) -> None:
         await store.ping()
+
+    # -- authorization: roles and the grant-change log -------------------------------------------
+
+    async def test_roles_new_user_has_none_at_version_zero(self, store: Store) -> None:
+        user = await _user(store)
+        assert (user.roles, user.roles_version) == ((), 0)
+        got = await store.get_user(user_id=user.id)
+        assert got is not None and (got.roles, got.roles_version) == ((), 0)
+
+    async def test_roles_set_replaces_sorts_dedups_and_bumps_version(self, store: Store) -> None:
+        user = await _user(store)
+        updated = await store.set_user_roles(user.id, ("ops", "admin", "ops"), now=T0 + 1)
+        assert updated is not None and (updated.roles, updated.roles_version) == (("admin", "ops"), 1)
+        again = await store.set_user_roles(user.id, ("auditor",), now=T0 + 2)
+        assert again is not None and (again.roles, again.roles_version) == (("auditor",), 2)
+        got = await store.get_user(email_key=user.email_key)
+        assert got is not None and (got.roles, got.roles_version) == (("auditor",), 2)
+        assert [u.roles for u in await store.list_users()] == [("auditor",)]
+
+    async def test_roles_same_set_changes_nothing_and_logs_nothing(self, store: Store) -> None:
+        user = await _user(store)
+        await store.set_user_roles(user.id, ("admin",), now=T0 + 1)
+        same = await store.set_user_roles(user.id, ("admin",), now=T0 + 2)
+        assert same is not None and same.roles_version == 1
+        assert [(c.subject, c.version) for c in await store.access_changes_since(0)] == [(user.id, 1)]
+
+    async def test_roles_unknown_user_is_none(self, store: Store) -> None:
+        assert await store.set_user_roles("no-such-user", ("admin",), now=T0) is None
+        assert await store.access_changes_since(0) == []
+
+    async def test_roles_changes_logged_in_order_after_seq(self, store: Store) -> None:
+        a, b = await _user(store, "a@example.com"), await _user(store, "b@example.com")
+        await store.set_user_roles(a.id, ("x",), now=T0 + 1)
+        await store.set_user_roles(b.id, ("y",), now=T0 + 2)
+        await store.set_user_roles(a.id, (), now=T0 + 3)
+        changes = await store.access_changes_since(0)
+        assert [(c.subject, c.version, c.changed_at) for c in changes] == [(a.id, 1, T0 + 1), (b.id, 1, T0 + 2), (a.id, 2, T0 + 3)]
+        assert [c.seq for c in changes] == sorted(c.seq for c in changes)
+        assert [c.subject for c in await store.access_changes_since(changes[0].seq)] == [b.id, a.id]
+        assert [c.subject for c in await store.access_changes_since(0, not_before=T0 + 2.5)] == [a.id]
+
+    async def test_roles_rotation_returns_current_roles(self, store: Store) -> None:
+        user = await _user(store)
+        _, token_hash = await _session(store, user)
+        await store.set_user_roles(user.id, ("admin",), now=T0 + 1)
+        outcome = await _rotate(store, token_hash, _hash("next"), now=T0 + 2)
+        assert outcome.kind == "rotated" and (outcome.user.roles, outcome.user.roles_version) == (("admin",), 1)
+
+    async def test_roles_concurrent_changes_each_get_own_version(self, store: Store) -> None:
+        user = await _user(store)
+        results = await asyncio.gather(*[store.set_user_roles(user.id, (f"r{i}",), now=T0 + 1) for i in range(5)])
+        versions = sorted(r.roles_version for r in results if r is not None)
+        assert versions == [1, 2, 3, 4, 5]
+        assert sorted(c.version for c in await store.access_changes_since(0)) == [1, 2, 3, 4, 5]
+
+    async def test_roles_prune_drops_old_grant_changes(self, store: Store) -> None:
+        user = await _user(store)
+        await store.set_user_roles(user.id, ("a",), now=T0 + 10)
+        await store.set_user_roles(user.id, ("b",), now=T0 + 50)
+        await store.prune(now=T0 + 60, revocations_before=T0 + 30)
+        assert [c.version for c in await store.access_changes_since(0)] == [2]

@@ -30,7 +30,7 @@ class TestPostgresStore(StoreContract):
 async def test_postgres_concurrent_starts_migrate_once(pg_url: str) -> None:
     conn = await asyncpg.connect(pg_url)
     try:
-        await conn.execute("DROP TABLE IF EXISTS refresh_tokens, sessions, users, revocations, schema_version,"
+        await conn.execute("DROP TABLE IF EXISTS refresh_tokens, sessions, users, revocations, access_changes, schema_version,"
             " mfa_totp, mfa_recovery_codes, mfa_challenges, passkeys CASCADE")
     finally:
         await conn.close()

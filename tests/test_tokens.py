@@ -166,7 +166,7 @@ def test_issue_access_token_hs256_has_typ_kid_and_all_claims(ring: KeyRing) -> N
     header = jwt.get_unverified_header(token)
     assert header == {"alg": "HS256", "typ": "at+jwt", "kid": ring.current_kid}
     body = jwt.decode(token, SECRET, algorithms=["HS256"], audience="api", options={"verify_exp": False, "verify_iat": False})
-    assert set(body) == {"iss", "aud", "sub", "sid", "jti", "iat", "exp", "email", "amr"}
+    assert set(body) == {"iss", "aud", "sub", "sid", "jti", "iat", "exp", "email", "amr", "roles", "rv"}
     assert (body["iss"], body["aud"], body["sub"], body["sid"], body["email"]) == ("gateway", "api", "u-7", "s-7", "a@b.c")
     assert body["amr"] == ["pwd"]
     assert (body["iat"], body["exp"], expires_in) == (NOW, NOW + TTL, TTL)
@@ -694,3 +694,19 @@ def test_keyring_garbage_previous_public_key_is_config_error(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as info:
         ring_for("RS256", tmp_path, previous_public_key_files=(previous,))
     assert any(p.startswith("tokens.previous_public_key_files:") for p in _problems(info))
+
+
+def test_issue_access_token_roles_sorted_and_version_round_trip(ring: KeyRing) -> None:
+    token, _ = ring.issue_access_token(sub="u", sid="s", email="a@b.c", now=NOW, roles=("ops", "admin"), rv=3)
+    body = jwt.decode(token, SECRET, algorithms=["HS256"], audience="api", options={"verify_exp": False, "verify_iat": False})
+    assert (body["roles"], body["rv"]) == (["admin", "ops"], 3)
+    principal = ring.verify_access_token(token, now=NOW)
+    assert (principal.roles, principal.rv) == (("admin", "ops"), 3)
+
+
+@pytest.mark.parametrize(("name", "value"), [("roles", "admin"), ("roles", [1]), ("roles", {"admin": 1}), ("rv", "1"), ("rv", True), ("rv", 1.5)])
+def test_verify_access_token_malformed_roles_or_rv_is_invalid(ring: KeyRing, name: str, value: object) -> None:
+    claims = {"iss": "gateway", "aud": "api", "sub": "u", "sid": "s", "jti": "j", "iat": NOW, "exp": NOW + 60, name: value}
+    token = jwt.encode(claims, SECRET, algorithm="HS256", headers={"kid": ring.current_kid, "typ": "at+jwt"})
+    with pytest.raises(TokenInvalid, match=name):
+        ring.verify_access_token(token, now=NOW)

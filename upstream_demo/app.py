@@ -189,6 +189,11 @@ async def redirect(request: web.Request) -> web.Response:
     return web.Response(status=302, headers={"Location": "/api/whoami"})
 
 
+async def admin(request: web.Request) -> web.Response:
+    """A stand-in admin API: it answers whoever reaches it; who may is the gateway's route policy."""
+    return web.json_response({"admin": True, "request": await describe_request(request)})
+
+
 _PAGE = Path(__file__).with_name("static") / "index.html"
 
 
@@ -209,6 +214,8 @@ def create_app() -> web.Application:
     app.router.add_get("/api/gzip", gzip_body)
     app.router.add_get("/api/redirect", redirect)
     app.router.add_get("/public/hello", public_hello)
+    app.router.add_route("*", "/api/admin", admin)
+    app.router.add_route("*", "/api/admin/{tail:.*}", admin)
     app.router.add_get("/", demo_page)
     # Registered last: the router matches a decoded path, so odd raw paths (%2F, //) must still
     # land somewhere that echoes the raw form. Also covers /api/*, /public/*, /base/* and "/".

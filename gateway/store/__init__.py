@@ -13,6 +13,7 @@ from typing import Literal, Protocol
 from gateway.config import StoreConfig
 
 __all__ = [
+    "AccessChange",
     "Admit",
     "ChallengeRecord",
     "MfaStore",
@@ -37,6 +38,10 @@ class UserRecord:
     password_hash: str
     disabled: bool
     created_at: float
+    # Authorization: the user's roles (sorted, unique) and how often they changed; the version goes
+    # into access tokens as `rv`, so a token from before a change can be told apart exactly.
+    roles: tuple[str, ...] = ()
+    roles_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +94,17 @@ class RevocationEvent:
     seq: int
     session_id: str
     revoked_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AccessChange:
+    """An entry of the store's ordered log of grant changes: access tokens of `subject` (a user or
+    machine-client id) whose `rv` is below `version` are no longer good (roles changed, client removed)."""
+
+    seq: int
+    subject: str
+    version: int
+    changed_at: float
 
 
 class Store(Protocol):
@@ -148,6 +164,15 @@ class Store(Protocol):
 
     async def prune(self, *, now: float, revocations_before: float) -> int:
         """Deletes sessions past their absolute expiry and older revocation entries; returns the sessions deleted."""
+
+    # -- authorization: roles and the log of grant changes --------------------------------------
+
+    async def set_user_roles(self, user_id: str, roles: tuple[str, ...], *, now: float) -> UserRecord | None:
+        """Replaces the user's roles (None for an unknown user). A different set bumps `roles_version`
+        and appends (user_id, new version) to the grant-change log, in one transaction."""
+
+    async def access_changes_since(self, seq: int, *, not_before: float = 0.0) -> list[AccessChange]:
+        """Grant-change log entries after `seq` (and at or after `not_before`), in order."""
 
     async def ping(self) -> None:
         """Raises StoreUnavailable when the store cannot answer."""

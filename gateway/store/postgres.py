@@ -13,6 +13,7 @@ import asyncpg
 
 from gateway.errors import Conflict, StoreError, StoreUnavailable
 from gateway.store import (
+    AccessChange,
     Admit,
     ChallengeRecord,
     PasskeyRecord,
@@ -70,6 +71,19 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE sessions ADD COLUMN amr TEXT NOT NULL DEFAULT 'pwd';
     ALTER TABLE sessions ADD COLUMN idp TEXT NOT NULL DEFAULT '';
     """,
+    # Authorization: roles on users (space-separated, sorted) with a version that every change bumps,
+    # and the ordered log that tells every instance which grants changed.
+    """
+    ALTER TABLE users ADD COLUMN roles TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users ADD COLUMN roles_version INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE access_changes (
+        seq BIGSERIAL PRIMARY KEY,
+        subject TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        changed_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX access_changes_time ON access_changes(changed_at);
+    """,
     # Second factors (gateway/mfa): TOTP secrets (encrypted), recovery-code hashes, challenges, passkeys.
     """
     CREATE TABLE mfa_totp (
@@ -115,13 +129,15 @@ _MIGRATION_LOCK = 0x6761_7465_7761_79  # arbitrary constants shared by every gat
 # smaller number could commit after a poller had read a larger one and be skipped for good.
 # Holding it to commit makes seq order equal commit order; revocations are rare, so it costs nothing.
 _REVOCATION_LOCK = 0x6761_7465_7761_7A
+# The same reasoning for the grant-change log (roles changed, clients removed).
+_ACCESS_LOCK = 0x6761_7465_7761_7B
 
 _SESSION_COLS = (
     "s.id, s.user_id, s.created_at, s.last_used_at, s.expires_at, s.absolute_expires_at, "
     "s.remember_me, s.user_agent, s.ip, s.revoked_at, s.revoked_reason, s.amr, s.idp"
 )
 _N_SESSION = _SESSION_COLS.count(",") + 1
-_USER_COLS = "u.id, u.email, u.email_key, u.password_hash, u.disabled, u.created_at"
+_USER_COLS = "u.id, u.email, u.email_key, u.password_hash, u.disabled, u.created_at, u.roles, u.roles_version"
 _N_USER = _USER_COLS.count(",") + 1
 
 
@@ -134,7 +150,10 @@ def _session(r: Any, o: int = 0) -> SessionRecord:
 
 
 def _user(r: Any, o: int = 0) -> UserRecord:
-    return UserRecord(id=r[o], email=r[o + 1], email_key=r[o + 2], password_hash=r[o + 3], disabled=r[o + 4], created_at=r[o + 5])
+    return UserRecord(
+        id=r[o], email=r[o + 1], email_key=r[o + 2], password_hash=r[o + 3], disabled=r[o + 4], created_at=r[o + 5],
+        roles=tuple(r[o + 6].split()), roles_version=r[o + 7],
+    )  # fmt: skip
 
 
 class PostgresStore:
@@ -345,9 +364,38 @@ class PostgresStore:
             async with self._pool.acquire() as conn, conn.transaction():
                 status = await conn.execute("DELETE FROM sessions WHERE absolute_expires_at < $1", now)
                 await conn.execute("DELETE FROM revocations WHERE revoked_at < $1", revocations_before)
+                await conn.execute("DELETE FROM access_changes WHERE changed_at < $1", revocations_before)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
         return int(status.split()[-1])
+
+    # -- authorization: roles and the log of grant changes --------------------------------------
+
+    async def set_user_roles(self, user_id: str, roles: tuple[str, ...], *, now: float) -> UserRecord | None:
+        wanted = " ".join(sorted(set(roles)))
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(f"SELECT {_USER_COLS} FROM users u WHERE u.id = $1 FOR UPDATE", user_id)
+                if row is None:
+                    return None
+                user = _user(row)
+                if " ".join(user.roles) == wanted:
+                    return user
+                version = user.roles_version + 1
+                await conn.execute(
+                    "UPDATE users SET roles = $1, roles_version = $2, updated_at = $3 WHERE id = $4", wanted, version, now, user_id
+                )
+                await _log_access_change(conn, user_id, version, now=now)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+        return replace(user, roles=tuple(wanted.split()), roles_version=version)
+
+    async def access_changes_since(self, seq: int, *, not_before: float = 0.0) -> list[AccessChange]:
+        rows = await self._fetch(
+            "SELECT seq, subject, version, changed_at FROM access_changes WHERE seq > $1 AND changed_at >= $2 ORDER BY seq",
+            seq, not_before,
+        )  # fmt: skip
+        return [AccessChange(seq=r[0], subject=r[1], version=r[2], changed_at=r[3]) for r in rows]
 
     # -- second factors (gateway/mfa) --------------------------------------------------------
 
@@ -522,3 +570,9 @@ async def _revoke_where(conn: asyncpg.Connection, where: str, param: Any, *, now
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _REVOCATION_LOCK)
         await conn.executemany("INSERT INTO revocations (session_id, revoked_at) VALUES ($1, $2)", [(i, now) for i in ids])
     return ids
+
+
+async def _log_access_change(conn: asyncpg.Connection, subject: str, version: int, *, now: float) -> None:
+    """Appends to the grant-change log; the lock held to commit keeps seq order equal to commit order."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", _ACCESS_LOCK)
+    await conn.execute("INSERT INTO access_changes (subject, version, changed_at) VALUES ($1, $2, $3)", subject, version, now)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from gateway.errors import Conflict, StoreError, StoreUnavailable
 from gateway.store import (
+    AccessChange,
     Admit,
     ChallengeRecord,
     PasskeyRecord,
@@ -80,6 +81,19 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE sessions ADD COLUMN amr TEXT NOT NULL DEFAULT 'pwd';
     ALTER TABLE sessions ADD COLUMN idp TEXT NOT NULL DEFAULT '';
     """,
+    # Authorization: roles on users (space-separated, sorted) with a version that every change bumps,
+    # and the ordered log that tells every instance which grants changed.
+    """
+    ALTER TABLE users ADD COLUMN roles TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users ADD COLUMN roles_version INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE access_changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        subject TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        changed_at REAL NOT NULL
+    );
+    CREATE INDEX access_changes_time ON access_changes(changed_at);
+    """,
     # Second factors (gateway/mfa): TOTP secrets (encrypted), recovery-code hashes, challenges, passkeys.
     """
     CREATE TABLE mfa_totp (
@@ -125,7 +139,7 @@ _SESSION_COLS = (
     "s.remember_me, s.user_agent, s.ip, s.revoked_at, s.revoked_reason, s.amr, s.idp"
 )
 _N_SESSION = _SESSION_COLS.count(",") + 1
-_USER_COLS = "u.id, u.email, u.email_key, u.password_hash, u.disabled, u.created_at"
+_USER_COLS = "u.id, u.email, u.email_key, u.password_hash, u.disabled, u.created_at, u.roles, u.roles_version"
 _N_USER = _USER_COLS.count(",") + 1
 _ROTATE_LOOKUP = (
     f"SELECT t.rotated_at, t.successor_hash, {_SESSION_COLS}, {_USER_COLS},"
@@ -145,7 +159,10 @@ def _session(row: Iterable[Any]) -> SessionRecord:
 
 def _user(row: Iterable[Any]) -> UserRecord:
     r = list(row)
-    return UserRecord(id=r[0], email=r[1], email_key=r[2], password_hash=r[3], disabled=bool(r[4]), created_at=r[5])
+    return UserRecord(
+        id=r[0], email=r[1], email_key=r[2], password_hash=r[3], disabled=bool(r[4]), created_at=r[5],
+        roles=tuple(r[6].split()), roles_version=r[7],
+    )  # fmt: skip
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -362,9 +379,36 @@ class SqliteStore:
         def op(db: sqlite3.Connection) -> int:
             count = db.execute("DELETE FROM sessions WHERE absolute_expires_at < ?", (now,)).rowcount
             db.execute("DELETE FROM revocations WHERE revoked_at < ?", (revocations_before,))
+            db.execute("DELETE FROM access_changes WHERE changed_at < ?", (revocations_before,))
             return count
 
         return await self._do(op, write=True)
+
+    # -- authorization: roles and the log of grant changes --------------------------------------
+
+    async def set_user_roles(self, user_id: str, roles: tuple[str, ...], *, now: float) -> UserRecord | None:
+        wanted = " ".join(sorted(set(roles)))
+
+        def op(db: sqlite3.Connection) -> UserRecord | None:
+            row = db.execute(f"SELECT {_USER_COLS} FROM users u WHERE u.id = ?", (user_id,)).fetchone()
+            if row is None:
+                return None
+            user = _user(row)
+            if " ".join(user.roles) == wanted:
+                return user
+            version = user.roles_version + 1
+            db.execute("UPDATE users SET roles = ?, roles_version = ?, updated_at = ? WHERE id = ?", (wanted, version, now, user_id))
+            db.execute("INSERT INTO access_changes (subject, version, changed_at) VALUES (?, ?, ?)", (user_id, version, now))
+            return replace(user, roles=tuple(wanted.split()), roles_version=version)
+
+        return await self._do(op, write=True)
+
+    async def access_changes_since(self, seq: int, *, not_before: float = 0.0) -> list[AccessChange]:
+        rows = await self._rows(
+            "SELECT seq, subject, version, changed_at FROM access_changes WHERE seq > ? AND changed_at >= ? ORDER BY seq",
+            (seq, not_before),
+        )
+        return [AccessChange(seq=r[0], subject=r[1], version=r[2], changed_at=r[3]) for r in rows]
 
     # -- second factors (gateway/mfa) --------------------------------------------------------
 

@@ -1,0 +1,262 @@
+"""policy.py on its own: compiling rules, every criterion, deny/allow/mfa precedence, config errors by path."""
+
+from __future__ import annotations
+
+import ipaddress
+import timeit
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import parse_config
+from gateway.errors import ConfigError
+from gateway.policy import Decision, Policy, compile_policy
+
+
+@dataclass(frozen=True)
+class Who:
+    email: str = "ann@example.com"
+    roles: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()
+    client_id: str = ""
+    amr: tuple[str, ...] = ("pwd",)
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _policy(allow: Any = None, deny: Any = None) -> Policy:
+    problems: list[str] = []
+    policy = compile_policy(allow, deny, where="routes[1]", problems=problems)
+    assert not problems and policy is not None, problems
+    return policy
+
+
+def _problems(allow: Any = None, deny: Any = None) -> list[str]:
+    problems: list[str] = []
+    assert compile_policy(allow, deny, where="routes[1]", problems=problems) is None
+    return problems
+
+
+def _at(ip: str | None) -> Any:
+    return lambda: None if ip is None else ipaddress.ip_address(ip)
+
+
+def decide(policy: Policy, who: Who | None, method: str = "GET", path: str = "/admin/x", ip: str | None = "192.0.2.1") -> Decision:
+    return policy.decide(who, method, path, _at(ip))
+
+
+SPEC_EXAMPLE = _policy(
+    allow=[{"roles": ["admin"]}, {"emails": ["ops@example.com"], "methods": ["GET"]}],
+    deny=[{"methods": ["DELETE"], "roles": ["auditor"]}],
+)
+
+
+@pytest.mark.parametrize(
+    ("who", "method", "outcome", "rule"),
+    [
+        (Who(roles=("admin",)), "DELETE", "allow", "routes[1].allow[0]"),
+        (Who(roles=("admin", "auditor")), "DELETE", "deny", "routes[1].deny[0]"),
+        (Who(roles=("admin", "auditor")), "GET", "allow", "routes[1].allow[0]"),
+        (Who(email="OPS@Example.com"), "GET", "allow", "routes[1].allow[1]"),
+        (Who(email="ops@example.com"), "POST", "deny", "routes[1].allow"),
+        (Who(roles=("viewer",)), "GET", "deny", "routes[1].allow"),
+        (None, "GET", "login", "routes[1].allow"),
+    ],
+)
+def test_policy_spec_example(who: Who | None, method: str, outcome: str, rule: str) -> None:
+    assert decide(SPEC_EXAMPLE, who, method) == Decision(outcome, rule)  # type: ignore[arg-type]
+
+
+def test_policy_deny_only_passes_others_with_route_path() -> None:
+    policy = _policy(deny=[{"roles": ["banned"]}])
+    assert decide(policy, Who()) == Decision("allow", "routes[1]")
+    assert decide(policy, None) == Decision("allow", "routes[1]")
+    assert decide(policy, Who(roles=("banned",))) == Decision("deny", "routes[1].deny[0]")
+
+
+def test_policy_roles_any_scopes_all() -> None:
+    p = _policy(allow=[{"roles": ["a", "b"]}, {"scopes": ["read", "write"]}])
+    assert decide(p, Who(roles=("b",))).outcome == "allow"
+    assert decide(p, Who(scopes=("read",))).outcome == "deny"
+    assert decide(p, Who(scopes=("write", "read", "x"))).outcome == "allow"
+
+
+def test_policy_email_domains_exact_domain_case_insensitive() -> None:
+    p = _policy(allow=[{"email_domains": ["example.com"]}])
+    assert decide(p, Who(email="x@EXAMPLE.com")).outcome == "allow"
+    assert decide(p, Who(email="x@evil-example.com")).outcome == "deny"
+    assert decide(p, Who(email="x@example.com.evil.org")).outcome == "deny"
+    assert decide(p, Who(email="example.com@evil.org")).outcome == "deny"
+    assert decide(p, Who(email="")).outcome == "deny"
+
+
+def test_policy_claims_values_and_lists_type_strict() -> None:
+    p = _policy(allow=[{"claims": {"tier": ["gold", "silver"], "level": 3}}])
+    assert decide(p, Who(claims={"tier": "gold", "level": 3})).outcome == "allow"
+    assert decide(p, Who(claims={"tier": ["bronze", "silver"], "level": 3})).outcome == "allow"
+    assert decide(p, Who(claims={"tier": "gold", "level": "3"})).outcome == "deny"
+    assert decide(p, Who(claims={"tier": "gold"})).outcome == "deny"
+    flag = _policy(allow=[{"claims": {"beta": True}}])
+    assert decide(flag, Who(claims={"beta": 1})).outcome == "deny"
+    assert decide(flag, Who(claims={"beta": True})).outcome == "allow"
+
+
+def test_policy_clients_match_client_id_only() -> None:
+    p = _policy(allow=[{"clients": ["cl_billing"]}])
+    assert decide(p, Who(email="", client_id="cl_billing")).outcome == "allow"
+    assert decide(p, Who(email="cl_billing")).outcome == "deny"
+
+
+def test_policy_networks_use_given_address_and_mapped_v4() -> None:
+    p = _policy(allow=[{"networks": ["10.0.0.0/8", "2001:db8::/32"]}])
+    assert decide(p, Who(), ip="10.1.2.3").outcome == "allow"
+    assert decide(p, Who(), ip="::ffff:10.1.2.3").outcome == "allow"
+    assert decide(p, Who(), ip="2001:db8::1").outcome == "allow"
+    assert decide(p, Who(), ip="192.0.2.1").outcome == "deny"
+    assert decide(p, Who(), ip=None).outcome == "deny"
+    # A request-only rule admits anonymous callers too.
+    assert decide(p, None, ip="10.0.0.1").outcome == "allow"
+
+
+def test_policy_address_read_only_when_a_rule_needs_it() -> None:
+    calls: list[int] = []
+
+    def address() -> Any:
+        calls.append(1)
+        return ipaddress.ip_address("10.0.0.1")
+
+    p = _policy(allow=[{"roles": ["admin"]}])
+    p.decide(Who(roles=("admin",)), "GET", "/x", address)
+    assert calls == [] and not p.needs_address
+    assert _policy(deny=[{"networks": ["10.0.0.0/8"]}]).needs_address
+
+
+@pytest.mark.parametrize(
+    ("glob", "path", "hit"),
+    [
+        ("/api/admin/*", "/api/admin/users", True),
+        ("/api/admin/*", "/api/admin/users/1", False),
+        ("/api/admin/*", "/api/admin", False),
+        ("/api/admin/**", "/api/admin", True),
+        ("/api/admin/**", "/api/admin/", True),
+        ("/api/admin/**", "/api/admin/a/b/c", True),
+        ("/api/admin/**", "/api/administrator", False),
+        ("/api/*/reports", "/api/x/reports", True),
+        ("/api/*/reports", "/api/x/y/reports", False),
+        ("/api/**/reports", "/api/reports", True),
+        ("/api/**/reports", "/api/x/y/reports", True),
+        ("/api/r*.csv", "/api/report.csv", True),
+        ("/api/r*.csv", "/api/r/x.csv", False),
+        ("/api/a.b", "/api/aXb", False),
+        ("/api/reports", "/api/reports/", True),
+        ("/", "/", True),
+        ("/**", "/anything/at/all", True),
+    ],
+)
+def test_policy_paths_globs(glob: str, path: str, hit: bool) -> None:
+    p = _policy(allow=[{"paths": [glob]}])
+    assert (decide(p, Who(), path=path).outcome == "allow") is hit
+
+
+def test_policy_paths_deny_folds_case_allow_does_not() -> None:
+    p = _policy(allow=[{"paths": ["/api/**"]}], deny=[{"paths": ["/api/admin/**"]}])
+    assert decide(p, Who(), path="/api/ADMIN/x") == Decision("deny", "routes[1].deny[0]")
+    only_allow = _policy(allow=[{"paths": ["/api/public/**"]}])
+    assert decide(only_allow, Who(), path="/api/PUBLIC/x").outcome == "deny"
+
+
+def test_policy_methods_exact_upper_case() -> None:
+    p = _policy(allow=[{"methods": ["GET", "HEAD"]}])
+    assert decide(p, Who(), "HEAD").outcome == "allow"
+    assert decide(p, Who(), "get").outcome == "deny"
+    assert decide(p, Who(), "POST").outcome == "deny"
+
+
+def test_policy_mfa_step_up_only_when_otherwise_admitted() -> None:
+    p = _policy(allow=[{"roles": ["admin"], "mfa": True}], deny=[{"roles": ["suspended"]}])
+    assert decide(p, Who(roles=("admin",))) == Decision("mfa", "routes[1].allow[0]")
+    assert decide(p, Who(roles=("admin",), amr=("pwd", "otp", "mfa"))) == Decision("allow", "routes[1].allow[0]")
+    assert decide(p, Who(roles=("viewer",))) == Decision("deny", "routes[1].allow")
+    assert decide(p, Who(roles=("admin", "suspended"), amr=("mfa",))) == Decision("deny", "routes[1].deny[0]")
+    assert decide(p, Who(roles=("admin", "suspended"))) == Decision("deny", "routes[1].deny[0]")
+    assert decide(p, None) == Decision("login", "routes[1].allow")
+
+
+def test_policy_mfa_other_allow_rule_admits_without_step_up() -> None:
+    p = _policy(allow=[{"roles": ["admin"], "mfa": True}, {"roles": ["admin"], "methods": ["GET"]}])
+    assert decide(p, Who(roles=("admin",)), "GET") == Decision("allow", "routes[1].allow[1]")
+    assert decide(p, Who(roles=("admin",)), "POST") == Decision("mfa", "routes[1].allow[0]")
+
+
+def test_policy_anonymous_refused_not_login_when_no_rule_needs_identity() -> None:
+    p = _policy(allow=[{"methods": ["GET"]}])
+    assert decide(p, None, "POST") == Decision("deny", "routes[1].allow")
+
+
+@pytest.mark.parametrize(
+    ("allow", "deny", "expected"),
+    [
+        ([{"foo": 1}], None, "routes[1].allow[0].foo: unknown criterion"),
+        ([{}], None, "routes[1].allow[0]: an empty rule"),
+        ([], None, "routes[1].allow: must list at least one rule"),
+        ({"roles": ["a"]}, None, "routes[1].allow: must be a list of rules"),
+        (["admin"], None, "routes[1].allow[0]: must be a table"),
+        ([{"roles": "admin"}], None, "routes[1].allow[0].roles: must be a list of strings"),
+        ([{"roles": []}], None, "routes[1].allow[0].roles: must not be empty"),
+        ([{"roles": ["Admin"]}], None, "routes[1].allow[0].roles: 'Admin' is not a role name"),
+        ([{"methods": ["get"]}], None, "routes[1].allow[0].methods: 'get' is not an upper-case HTTP method"),
+        ([{"paths": ["api/x"]}], None, "routes[1].allow[0].paths[0]: must start with"),
+        ([{"paths": ["/api?x=1"]}], None, "routes[1].allow[0].paths[0]: matches the path only"),
+        ([{"paths": ["/api/%2F"]}], None, "routes[1].allow[0].paths[0]: matches the decoded path"),
+        ([{"paths": ["/api/../x"]}], None, "routes[1].allow[0].paths[0]: must be a normalized path"),
+        ([{"paths": ["/api/a**"]}], None, "routes[1].allow[0].paths[0]: ** must be a whole segment"),
+        ([{"networks": ["10.0.0.300/8"]}], None, "routes[1].allow[0].networks: '10.0.0.300/8' is not a CIDR"),
+        ([{"claims": {}}], None, "routes[1].allow[0].claims: must be a table"),
+        ([{"claims": {"x": {"y": 1}}}], None, "routes[1].allow[0].claims.x: must be a string"),
+        ([{"mfa": False}], None, "routes[1].allow[0].mfa: must be true"),
+        (None, [{"mfa": True}], "routes[1].deny[0].mfa: only allow rules"),
+        ([{"email_domains": ["@example.com"]}], None, "routes[1].allow[0].email_domains: a domain is written without"),
+        ([{"roles": ["a"]}], [{"nope": 1}], "routes[1].deny[0].nope: unknown criterion"),
+    ],
+)
+def test_policy_bad_rules_are_problems_naming_their_path(allow: Any, deny: Any, expected: str) -> None:
+    problems = _problems(allow, deny)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def _route_config(tmp_path: Path, **route: Any) -> Any:
+    return parse_config(
+        {"tokens": {"secret": "s" * 32}, "routes": [{"prefix": "/a", "upstream": "http://127.0.0.1:9"}, {"prefix": "/b", "upstream": "http://127.0.0.1:9", **route}]},
+        base=tmp_path, source="t.toml", env={},
+    )  # fmt: skip
+
+
+def test_policy_config_public_route_with_policy_is_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        _route_config(tmp_path, auth="public", deny=[{"roles": ["x"]}])
+    assert info.value.problems == ["routes[1].deny: a public route cannot carry a policy"]
+
+
+def test_policy_config_compiled_onto_route_and_printable(tmp_path: Path) -> None:
+    from gateway.config import masked
+
+    cfg = _route_config(tmp_path, auth="optional", allow=[{"roles": ["admin"]}])
+    assert cfg.routes[0].policy is None
+    policy = cfg.routes[1].policy
+    assert policy is not None and decide(policy, None) == Decision("login", "routes[1].allow")
+    assert masked(cfg.routes[1])["policy"] == {"allow": [{"roles": ["admin"]}], "deny": []}  # type: ignore[index]
+
+
+def test_policy_decision_costs_microseconds() -> None:
+    """A guard, not the benchmark: even a busy machine decides these well under 50 µs."""
+    p = _policy(
+        allow=[{"roles": ["admin"]}, {"roles": ["auditor"], "methods": ["GET", "HEAD"]}, {"clients": ["cl_x"], "scopes": ["billing"]}],
+        deny=[{"paths": ["/api/admin/keys/**"], "roles": ["auditor"]}, {"methods": ["DELETE"], "roles": ["auditor"]}],
+    )
+    who = Who(roles=("auditor",))
+    addr = _at("10.0.0.1")
+    n = 20_000
+    seconds = min(timeit.repeat(lambda: p.decide(who, "GET", "/api/admin/users", addr), number=n, repeat=3))
+    assert seconds / n < 50e-6
