@@ -55,6 +55,9 @@ async def gw(make_gateway: MakeGateway, make_config: MakeConfig, upstream_url: s
         webauthn={"rp_id": "localhost", "rp_name": "Gateway tests"},
         routes=[
             {"prefix": "/api", "upstream": upstream_url, "auth": "required", "timeout": "5s"},
+            # The demo page's "Call an MFA-only route" button: /secure/whoami is the upstream's /api/whoami.
+            {"prefix": "/secure", "upstream": upstream_url + "/api", "auth": "required", "strip_prefix": True,
+             "allow": [{"mfa": True}]},
             {"prefix": "/", "upstream": upstream_url, "auth": "public"},
         ],
     )
@@ -241,3 +244,34 @@ async def test_demo_page_totp_enrol_confirm_and_two_step_login(browser: Any, gw:
     assert status["totp"] is True and status["amr"] == ["pwd", "otp", "mfa"]
     user = await gw.server.app[SESSIONS].get_user(EMAIL)
     assert (await gw.server.app[MFA].store.totp_get(user.id)).confirmed
+
+
+async def test_demo_page_steps_up_to_a_passkey_for_an_mfa_route(browser: Any, gw: Client) -> None:
+    tab = await open_tab(browser, gw)
+    page = tab.page
+    await page.fill("#password", PASSWORD)
+    await page.click("#login-button")
+    await page.wait_for_selector("#app-section:not([hidden])")
+    await register(tab)
+    events = await tab.js(
+        """async () => {
+            const seen = [];
+            window.demoAuth.addEventListener('step-up-required', (e) => seen.push(e.detail.url));
+            const res = await window.demoAuth.fetch('/secure/whoami');
+            return { status: res.status, challenge: res.headers.get('WWW-Authenticate'), seen };
+        }"""
+    )
+    assert events == {
+        "status": 401,
+        "challenge": 'Bearer error="insufficient_user_authentication"',
+        "seen": ["/secure/whoami"],
+    }
+    # The page's own reaction: it asks for a stronger login ...
+    await page.wait_for_selector("#login-section:not([hidden])")
+    assert await page.is_visible("#stepup-note")
+    assert "second factor" in (await page.text_content("#status") or "")
+    # ... and a passkey login brings a session that the route admits.
+    await page.click("#passkey-login")
+    await page.wait_for_function("document.getElementById('status').textContent.includes('with a passkey')")
+    await page.click("#mfa-route")
+    await page.wait_for_function("document.getElementById('output').textContent.includes('/api/whoami')")
