@@ -323,6 +323,13 @@ async def test_login_mfa_unknown_token_and_bad_bodies(gw: Client, clock: FakeClo
     assert foreign.status == 403
 
 
+async def test_login_mfa_non_ascii_digits_are_a_wrong_code_not_a_crash(gw: Client, clock: FakeClock) -> None:
+    await enable_totp(gw, clock)
+    for code in ("１２３４５６", "123456\n", "٣٣٣٣٣٣"):
+        resp = await second_step(gw, await start_two_step(gw), code=code)
+        assert (resp.status, (await resp.json())["error"]) == (401, "invalid_mfa_code")
+
+
 async def test_login_without_second_factor_is_unchanged(gw: Client) -> None:
     resp = await password_login(gw)
     assert resp.status == 200
