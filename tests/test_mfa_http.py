@@ -292,8 +292,23 @@ async def test_login_mfa_concurrent_wrong_tries_are_counted_exactly(gw: Client, 
     wrong = f"{(int(code_at(secret, clock)) + 1) % 1_000_000:06d}"
     answers = await asyncio.gather(*[second_step(gw, token, code=wrong) for _ in range(20)])
     errors = sorted([(await r.json())["error"] for r in answers])
+    # Five wrong codes count against the account, not just the token, but stay under its limit.
     assert errors.count("invalid_mfa_code") == 5
     assert errors.count("invalid_mfa_token") == 15
+
+
+async def test_login_mfa_fresh_tokens_do_not_reset_the_guess_limit(gw: Client, clock: FakeClock) -> None:
+    secret, _ = await enable_totp(gw, clock)
+    right = code_at(secret, clock)
+    wrong = f"{(int(right) + 1) % 1_000_000:06d}"
+    for _ in range(2):  # two password checks, five wrong codes each: the account's limit of ten
+        token = await start_two_step(gw)
+        for _ in range(5):
+            assert (await second_step(gw, token, code=wrong)).status == 401
+    resp = await second_step(gw, await start_two_step(gw), code=right)
+    assert resp.status == 429 and int(resp.headers["Retry-After"]) > 0
+    clock.advance(901)
+    assert (await second_step(gw, await start_two_step(gw), code=code_at(secret, clock))).status == 200
 
 
 async def test_login_mfa_token_expires_after_five_minutes(gw: Client, clock: FakeClock) -> None:

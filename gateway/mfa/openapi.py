@@ -11,7 +11,7 @@ __all__ = ["MFA_REQUIRED", "mfa_paths"]
 
 _WWW_AUTH = {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}}
 _RETRY = {"Retry-After": {"schema": {"type": "string"}, "required": True}}
-_BEARER = [{"bearer": []}, {"accessCookie": []}]
+_BEARER: list[dict[str, list[str]]] = [{"bearer": []}, {"accessCookie": []}]
 _ALLOW = {"Allow": {"schema": {"type": "string"}, "required": True}}
 
 # The first answer of a login when the user has a second factor (no session, no cookie yet).
@@ -152,6 +152,7 @@ def mfa_paths(p: str) -> dict[str, Any]:
                     "200": tokens,
                     "400": _error("invalid_request"),
                     "401": _error("invalid_mfa_token or invalid_mfa_code", _WWW_AUTH),
+                    "429": _error("rate_limited: too many wrong second steps for the account", _RETRY),
                     "403": _error("csrf_failed"),
                     "405": _error("Method not allowed", _ALLOW),
                 },

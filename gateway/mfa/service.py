@@ -31,6 +31,9 @@ _KIND = "mfa_login"
 # Wrong codes on the authenticated endpoints (confirm, disable, new recovery codes), per user and process:
 # a stolen access token must not be enough to guess the six digits that turn the factor off.
 _CODE_FAILURES = Rate(count=5, period_s=300)
+# Wrong second steps per user, across all of their mfa_tokens: whoever has the password can mint
+# tokens (five tries each) at will, so the tries of one token alone do not bound the guessing.
+_LOGIN_FAILURES = Rate(count=10, period_s=900)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,7 @@ class MfaService:
         self.on_event = on_event
         self.clock = clock
         self._failures = RateLimiter(_CODE_FAILURES)
+        self._login_failures = RateLimiter(_LOGIN_FAILURES)
 
     # -- TOTP enrolment ------------------------------------------------------------------------
 
@@ -194,6 +198,10 @@ class MfaService:
         if user is None or user.disabled:
             await self.store.challenge_take(key, kind=_KIND, now=now)
             raise MfaTokenInvalid("the mfa_token is no longer valid; log in again")
+        wait = self._login_failures.retry_after(user.id, now=now)
+        if wait:
+            self._audit("mfa_failure", "mfa_token", user_id=user.id, ip=ip, reason="rate_limited")
+            raise RateLimited("too many wrong second-factor codes for this account; try again later", retry_after=wait)
         if recovery_code is not None:
             method, amr = "recovery_code", AMR_RECOVERY
             value = recovery.normalize(recovery_code)
@@ -206,6 +214,7 @@ class MfaService:
             )
             ok = step is not None and await self.store.totp_accept_step(user.id, step=step)
         if not ok:
+            self._login_failures.hit(user.id, now=now)
             self._audit("mfa_failure", method, user_id=user.id, ip=ip, reason="wrong_code", tries=pending.tries)
             raise MfaCodeInvalid("the code is wrong, expired or already used")
         if await self.store.challenge_take(key, kind=_KIND, now=now) is None:

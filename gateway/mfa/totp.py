@@ -46,7 +46,7 @@ def normalize_code(code: object) -> str | None:
 def matching_step(secret: str, code: str, *, now: float) -> int | None:
     """The time step (within the window around `now`) whose code is `code`, or None."""
     totp = pyotp.TOTP(secret)
-    current = totp.timecode(int(now))  # type: ignore[arg-type]
+    current = totp.timecode(int(now))
     for step in range(current + VALID_WINDOW, current - VALID_WINDOW - 1, -1):
         if hmac.compare_digest(totp.at(step * STEP_SECONDS), code):
             return step

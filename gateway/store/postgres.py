@@ -447,7 +447,7 @@ class PostgresStore:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("DELETE FROM mfa_recovery_codes WHERE user_id = $1", user_id)
-                status = await conn.execute("DELETE FROM mfa_totp WHERE user_id = $1", user_id)
+                status: str = await conn.execute("DELETE FROM mfa_totp WHERE user_id = $1", user_id)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
         return status.split()[-1] != "0"
