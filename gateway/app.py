@@ -15,7 +15,7 @@ import time
 import warnings
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -43,6 +43,8 @@ from gateway.keys import (
     KEYRING,
     LIVE_ROUTES,
     METRICS,
+    MFA,
+    PASSKEYS,
     REVOKED,
     ROUTE_LABEL,
     SESSIONS,
@@ -52,6 +54,10 @@ from gateway.keys import (
 )
 from gateway.log import store_log
 from gateway.metrics import Metrics
+from gateway.mfa import routes as mfa_routes
+from gateway.mfa.passkeys import PasskeyService
+from gateway.mfa.secretbox import SecretBox
+from gateway.mfa.service import MfaService
 from gateway.middleware import error_middleware
 from gateway.openapi import openapi_document
 from gateway.paths import RouteTable, normalize_target, under_prefix
@@ -186,6 +192,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     app[METRICS] = metrics
     app[CLOCK] = clock
     app[KEYRING] = keyring or KeyRing(config.tokens)
+    # Read once here, like the key ring: the TOTP key may come from the private key file.
+    mfa_box = SecretBox.from_config(config.mfa, config.tokens)
     app[REVOKED] = RevokedSessions()
     app[GRANTS] = StaleGrants()
     app[WEBSOCKETS] = {}
@@ -195,6 +203,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
         **client_endpoints(prefix),
         **account_routes.endpoints(prefix),
         **federation_routes.endpoints(prefix, tuple(p.name for p in config.identity_providers)),
+        **mfa_routes.endpoints(prefix),
         f"{prefix}/client.js": {"GET": _client_js},
         f"{prefix}/openapi.json": {"GET": _openapi},
         "/.well-known/jwks.json": {"GET": _jwks},
@@ -203,6 +212,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
         "/metrics": {"GET": _metrics},
     }
     sessions_prefix = f"{prefix}/sessions/"
+    passkeys_prefix = f"{prefix}/passkeys/"
     live = _LiveRoutes(config, metrics)
     app[LIVE_ROUTES] = live
 
@@ -218,6 +228,10 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
                 if request.method != "DELETE":
                     raise MethodNotAllowed("use DELETE", allow=("DELETE",))
                 return await auth_routes.delete_session(request, path[len(sessions_prefix) :])
+            if path.startswith(passkeys_prefix) and "/" not in path[len(passkeys_prefix) :]:
+                if request.method != "DELETE":
+                    raise MethodNotAllowed("use DELETE", allow=("DELETE",))
+                return await mfa_routes.delete_passkey(request, path[len(passkeys_prefix) :])
             raise NoRoute(f"no gateway endpoint at {path}")
         if methods is not None:
             if in_auth:
@@ -263,6 +277,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     _skip_router(app, app.router.add_route("*", "/{tail:.*}", handle))
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_accounts_ctx)
+    app.cleanup_ctx.append(functools.partial(_mfa_ctx, box=mfa_box))
     app.cleanup_ctx.append(_client_ctx)
     app.cleanup_ctx.append(_revocation_ctx)
     if config.identity_providers:
@@ -322,6 +337,15 @@ async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def _mfa_ctx(app: web.Application, *, box: SecretBox) -> AsyncIterator[None]:
+    """The second-factor services, on the store that `_store_ctx` opened."""
+    store, cfg = cast(Any, app[STORE]), app[CONFIG]  # both backends implement MfaStore too
+    on_event = app[METRICS].mfa_event
+    app[MFA] = MfaService(store=store, sessions=app[SESSIONS], config=cfg, box=box, on_event=on_event, clock=app[CLOCK])
+    app[PASSKEYS] = PasskeyService(store=store, sessions=app[SESSIONS], config=cfg, on_event=on_event, clock=app[CLOCK])
+    yield
 
 
 async def _client_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -17,7 +17,7 @@ from aiohttp import web
 from gateway.auth import authenticate, check_origin, client_ip, extract_token
 from gateway.config import Config
 from gateway.errors import BadRequest, PayloadTooLarge, RefreshMissing, RefreshRejected, RequestTimeout, TokenInvalid
-from gateway.keys import CONFIG, KEYRING, SESSIONS
+from gateway.keys import CONFIG, KEYRING, MFA, SESSIONS
 from gateway.log import audit
 from gateway.middleware import error_response
 from gateway.sessions import Issued
@@ -130,13 +130,15 @@ async def login(request: web.Request) -> web.StreamResponse:
         raise BadRequest("email and password are required")
     # Both flags are parsed before the login: a bad one found afterwards would leave an open session behind a 400.
     remember_me, refresh_in_body = _flag(data, "remember_me"), _flag(data, "refresh_in_body")
-    issued = await request.app[SESSIONS].login(
-        data["email"],
-        data["password"],
-        remember_me=remember_me,
-        user_agent=request.headers.get("User-Agent", ""),
-        ip=client_ip(request, cfg),
-    )
+    service, ip = request.app[SESSIONS], client_ip(request, cfg)
+    user = await service.check_credentials(data["email"], data["password"], ip=ip)
+    # A user with a second factor gets no session yet: only a token for POST /auth/login/mfa.
+    pending = await request.app[MFA].begin_login(user, remember_me=remember_me, refresh_in_body=refresh_in_body)
+    if pending is not None:
+        body = {"mfa_required": True, "mfa_token": pending.mfa_token, "methods": pending.methods}
+        return web.json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+    user_agent = request.headers.get("User-Agent", "")
+    issued = await service.start_session(user, remember_me=remember_me, user_agent=user_agent, ip=ip)
     return _token_response(cfg, issued, refresh_in_body=refresh_in_body)
 
 

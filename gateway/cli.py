@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("disable", "enable"):
         users.add_parser(name, parents=[common], help=f"{name} a user").add_argument("email")
     users.add_parser("verify", parents=[common], help="mark a user's email address verified").add_argument("email")
+    users.add_parser(
+        "mfa-reset", parents=[common], help="remove every second factor and revoke all sessions"
+    ).add_argument("email")
     setpw = users.add_parser("set-password", parents=[common], help="set a new password (revokes all sessions)")
     setpw.add_argument("email")
     setpw.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
@@ -236,6 +239,13 @@ async def _admin(cfg: Config, args: argparse.Namespace) -> int:
             elif args.action in ("disable", "enable"):
                 revoked = await service.set_disabled(args.email, disabled=args.action == "disable")
                 print(f"{args.action}d {args.email.strip()}; revoked {len(revoked)} session(s)")
+            elif args.action == "mfa-reset":
+                from gateway.mfa.service import MfaService
+
+                user = await service.get_user(args.email)
+                mfa = MfaService(store=store, sessions=service, config=cfg)  # type: ignore[arg-type]
+                revoked = await mfa.reset(user.email)
+                print(f"second factors removed for {user.email}; revoked {len(revoked)} session(s)")
             elif args.action == "set-password":
                 user = await service.get_user(args.email)
                 revoked = await service.set_password(user.email, _read_password(from_stdin=args.password_stdin))

@@ -32,11 +32,13 @@ __all__ = [
     "IdentityProviderConfig",
     "LimitsConfig",
     "LogConfig",
+    "MfaConfig",
     "Rate",
     "RouteConfig",
     "ServerConfig",
     "StoreConfig",
     "TokenConfig",
+    "WebAuthnConfig",
     "load_config",
     "masked",
     "parse_config",
@@ -178,6 +180,23 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MfaConfig:
+    """Second factors: the key that encrypts TOTP secrets at rest and the name authenticator apps show."""
+
+    encryption_key: str = field(default="", repr=False)  # "": derived from the token signing key
+    totp_issuer: str = "Gateway"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebAuthnConfig:
+    """Passkeys: the relying party (default: the host of server.public_origin) and extra allowed origins."""
+
+    rp_id: str | None = None
+    rp_name: str = "Gateway"
+    origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RouteConfig:
     """One upstream mounted at a path prefix."""
 
@@ -243,6 +262,8 @@ class Config:
     email: EmailConfig = EmailConfig()
     source: str = ""
     identity_providers: tuple[IdentityProviderConfig, ...] = ()
+    mfa: MfaConfig = MfaConfig()
+    webauthn: WebAuthnConfig = WebAuthnConfig()
 
 
 def parse_duration(value: object) -> timedelta:
@@ -779,6 +800,7 @@ def parse_config(
     accounts = _accounts(_Table("accounts", root.get("accounts", None, lambda r: r), problems))
     email = _email(_Table("email", root.get("email", None, lambda r: r), problems))
     identity_providers = _identity_providers(root.get("identity_providers", None, lambda r: r), problems)
+    mfa, webauthn = _second_factors(root, problems)
     root.finish()
     for i, route in enumerate(routes):
         if route.prefix == server.auth_prefix or route.prefix.startswith(server.auth_prefix + "/"):
@@ -800,6 +822,8 @@ def parse_config(
         email=email,
         source=source,
         identity_providers=identity_providers,
+        mfa=mfa,
+        webauthn=webauthn,
     )
 
 
@@ -874,6 +898,41 @@ def _email(t: _Table) -> EmailConfig:
     return cfg
 
 
+_RP_ID = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def _rp_id(raw: object) -> str:
+    if not isinstance(raw, str) or not _RP_ID.match(raw):
+        raise ValueError(f"must be a domain name like \"example.com\" (no scheme, port or path), not {raw!r}")
+    return raw
+
+
+def _second_factors(root: _Table, problems: list[str]) -> tuple[MfaConfig, WebAuthnConfig]:
+    """`[mfa]` and `[webauthn]`."""
+    mfa_t = _Table("mfa", root.get("mfa", None, lambda r: r), problems)
+    dm = MfaConfig()
+    mfa = MfaConfig(
+        encryption_key=mfa_t.get("encryption_key", dm.encryption_key, _secret),
+        totp_issuer=mfa_t.get("totp_issuer", dm.totp_issuer),
+    )
+    if mfa.encryption_key and len(mfa.encryption_key.encode()) < 32:
+        problems.append("mfa.encryption_key: must be at least 32 bytes")
+    if not mfa.totp_issuer or ":" in mfa.totp_issuer:
+        problems.append("mfa.totp_issuer: must be a non-empty name without \":\"")
+    mfa_t.finish()
+    wa_t = _Table("webauthn", root.get("webauthn", None, lambda r: r), problems)
+    dw = WebAuthnConfig()
+    webauthn = WebAuthnConfig(
+        rp_id=wa_t.get("rp_id", dw.rp_id, _rp_id),
+        rp_name=wa_t.get("rp_name", dw.rp_name),
+        origins=wa_t.get("origins", dw.origins, lambda r: tuple(map(_origin, _str_list(r)))),
+    )
+    if not webauthn.rp_name:
+        problems.append("webauthn.rp_name: must not be empty")
+    wa_t.finish()
+    return mfa, webauthn
+
+
 def load_config(path: str | os.PathLike[str], *, signing: bool = True) -> Config:
     """Reads and validates a TOML file; every failure is a ConfigError naming the file."""
     p = Path(path)
@@ -888,7 +947,7 @@ def load_config(path: str | os.PathLike[str], *, signing: bool = True) -> Config
     return parse_config(data, base=p.resolve().parent, source=str(p), signing=signing)
 
 
-_SECRET_FIELDS = {"secret", "previous_secrets", "refresh_secret", "client_secret"}
+_SECRET_FIELDS = {"secret", "previous_secrets", "refresh_secret", "client_secret", "encryption_key"}
 # libpq also takes the password as a URL query parameter (`?password=...`).
 _URL_SECRET_PARAM = re.compile(r"(?i)([?&]password=)[^&#]*")
 

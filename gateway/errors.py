@@ -5,7 +5,8 @@ GatewayError
 │   ├── UnsupportedGrantType (unsupported_grant_type)
 │   ├── InvalidScope (invalid_scope)
 │   ├── InvalidEmailToken (invalid_email_token)
-│   └── InvalidState (invalid_state)
+│   ├── InvalidState (invalid_state)
+│   └── PasskeyInvalid (invalid_passkey)
 ├── RequestTimeout (408 request_timeout)
 ├── PayloadTooLarge (413 payload_too_large)
 ├── AuthError (401)
@@ -15,7 +16,10 @@ GatewayError
 │   ├── InvalidCredentials (invalid_credentials)
 │   ├── RefreshMissing (missing_refresh_token)
 │   ├── InsufficientUserAuthentication (insufficient_user_authentication)
-│   └── InvalidClient (invalid_client, WWW-Authenticate: Basic)
+│   ├── InvalidClient (invalid_client, WWW-Authenticate: Basic)
+│   ├── MfaTokenInvalid (invalid_mfa_token)
+│   ├── MfaCodeInvalid (invalid_mfa_code)
+│   └── PasskeyRejected (invalid_passkey)
 ├── Forbidden (403)
 │   ├── RefreshRejected (invalid_refresh_token)
 │   │   └── RefreshReused (refresh_token_reused)
@@ -24,8 +28,10 @@ GatewayError
 │   ├── EmailNotVerified (email_not_verified)
 │   ├── WrongCurrentPassword (invalid_credentials)
 │   ├── DomainNotAllowed (domain_not_allowed)
-│   └── AccountNotFound (account_not_found)
+│   ├── AccountNotFound (account_not_found)
+│   └── MfaCodeRefused (invalid_mfa_code)
 ├── NoRoute (404 not_found)
+├── MfaStateError (409 mfa_state)
 ├── MethodNotAllowed (405 method_not_allowed)
 ├── RateLimited (429 rate_limited)
 ├── UpstreamError (502 bad_gateway)
@@ -61,7 +67,13 @@ __all__ = [
     "InvalidScope",
     "InvalidState",
     "MethodNotAllowed",
+    "MfaCodeInvalid",
+    "MfaCodeRefused",
+    "MfaStateError",
+    "MfaTokenInvalid",
     "NoRoute",
+    "PasskeyInvalid",
+    "PasskeyRejected",
     "PayloadTooLarge",
     "RateLimited",
     "RefreshMissing",
@@ -325,6 +337,46 @@ class AccountNotFound(Forbidden):
     """No local account for this identity, and the provider may not create one (`create_users = false`)."""
 
     code = "account_not_found"
+
+
+# -- second factors (gateway/mfa) ------------------------------------------------------------
+
+
+class MfaTokenInvalid(AuthError):
+    """The mfa_token of a two-step login is unknown, expired, used up or out of tries."""
+
+    code = "invalid_mfa_token"
+
+
+class MfaCodeInvalid(AuthError):
+    """The second step of a login: a wrong, reused or stale TOTP or recovery code."""
+
+    code = "invalid_mfa_code"
+
+
+class MfaCodeRefused(Forbidden):
+    """An authenticated caller's TOTP or recovery code was wrong (403: the access token itself is fine)."""
+
+    code = "invalid_mfa_code"
+
+
+class PasskeyRejected(AuthError):
+    """A WebAuthn response that does not verify: unknown challenge or credential, bad signature, counter."""
+
+    code = "invalid_passkey"
+
+
+class PasskeyInvalid(BadRequest):
+    """A passkey registration that does not verify (unknown challenge, wrong origin or RP id, no user verification)."""
+
+    code = "invalid_passkey"
+
+
+class MfaStateError(GatewayError):
+    """The factor is not in a state that allows this (enrol while on, confirm with nothing pending)."""
+
+    status = 409
+    code = "mfa_state"
 
 
 class ConfigError(Exception):

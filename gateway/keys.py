@@ -15,6 +15,8 @@ from gateway.config import Config
 from gateway.federation.service import FederationService
 from gateway.grants import StaleGrants
 from gateway.metrics import Metrics
+from gateway.mfa.passkeys import PasskeyService
+from gateway.mfa.service import MfaService
 from gateway.revocations import RevokedSessions
 from gateway.sessions import SessionService
 from gateway.store import Store
@@ -37,6 +39,8 @@ __all__ = [
     "ROUTE_LABEL",
     "UPSTREAM_SECONDS",
     "METRICS",
+    "MFA",
+    "PASSKEYS",
     "SESSIONS",
     "STORE",
     "WEBSOCKETS",
@@ -50,6 +54,8 @@ KEYRING = web.AppKey("keyring", KeyRing)
 STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
 SESSIONS = web.AppKey("sessions", SessionService)
 CLIENT = web.AppKey("client", ClientSession)
+MFA = web.AppKey("mfa", MfaService)
+PASSKEYS = web.AppKey("passkeys", PasskeyService)
 METRICS = web.AppKey("metrics", Metrics)
 # The route table and forwarder, a mutable holder so SIGHUP can swap them while the app runs.
 LIVE_ROUTES = web.AppKey("live_routes", object)

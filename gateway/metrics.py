@@ -48,6 +48,10 @@ class Metrics:
             "gateway_policy_refusals_total", "Requests a route policy refused, by route, deciding rule and answer",
             ["route", "rule", "reason"], registry=r,
         )  # fmt: skip
+        self.mfa = Counter(
+            "gateway_mfa_events_total", "Second-factor events (enrolments, failures, resets), by event and method",
+            ["event", "method"], registry=r,
+        )  # fmt: skip
         self._request_children: dict[tuple[str, str, int], Any] = {}
         self._auth_children: dict[tuple[str, str], Any] = {}
         self._upstream_children: dict[str, Any] = {}
@@ -146,6 +150,10 @@ class Metrics:
         getattr(self, name).labels(label or reason or "ok").inc()
         if event == "reuse_detected":
             self.reuse.inc()
+
+    def mfa_event(self, event: str, method: str) -> None:
+        """Counts a second-factor audit event; both labels come from our own fixed sets."""
+        self.mfa.labels(event, method).inc()
 
     def render(self) -> bytes:
         """The text exposition; with PROMETHEUS_MULTIPROC_DIR set, the sum over all worker processes."""

@@ -11,6 +11,7 @@ from typing import Any
 from gateway import __version__
 from gateway.accounts.openapi import account_paths
 from gateway.config import Config
+from gateway.mfa.openapi import MFA_REQUIRED, mfa_paths
 
 __all__ = ["openapi_document"]
 
@@ -159,7 +160,13 @@ def openapi_document(cfg: Config) -> dict[str, Any]:
                         },
                     },
                     "responses": {
-                        "200": token_ok,
+                        "200": {
+                            **token_ok,
+                            "description": "Tokens issued, or (a user with a second factor) mfa_required",
+                            "content": {"application/json": {"schema": {"oneOf": [
+                                {"$ref": "#/components/schemas/Tokens"}, {"$ref": "#/components/schemas/MfaRequired"},
+                            ]}}},
+                        },  # fmt: skip
                         **_common_errors(),
                         "401": _error("invalid_credentials", _WWW_AUTH),
                         "429": _error("rate_limited", _RETRY),
@@ -236,9 +243,10 @@ def openapi_document(cfg: Config) -> dict[str, Any]:
                 }
             },
             **account_paths(p),
+            **mfa_paths(p),
         },
         "components": {
-            "schemas": {"Error": _ERROR, "Tokens": _TOKENS, "Session": _SESSION, "ClientToken": _CLIENT_TOKEN},
+            "schemas": {"Error": _ERROR, "Tokens": _TOKENS, "Session": _SESSION, "ClientToken": _CLIENT_TOKEN, "MfaRequired": MFA_REQUIRED},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                 "accessCookie": {"type": "apiKey", "in": "cookie", "name": cfg.cookies.access_name},

@@ -142,6 +142,12 @@ class SessionService:
 
     async def login(self, email: object, password: object, *, remember_me: bool, user_agent: str, ip: str) -> Issued:
         """Checks the password and opens a session; one answer for every kind of failure."""
+        user = await self.check_credentials(email, password, ip=ip)
+        return await self.start_session(user, remember_me=remember_me, user_agent=user_agent, ip=ip)
+
+    async def check_credentials(self, email: object, password: object, *, ip: str) -> UserRecord:
+        """The user whose password this is (the first step of a login, opening no session); one answer
+        for every kind of failure. A caller that needs no second step goes on with `start_session`."""
         _, key = normalize_email(email)
         if not isinstance(password, str) or not password or len(password) > _MAX_PASSWORD:
             raise BadRequest(f"password must be a string of 1 to {_MAX_PASSWORD} characters")
@@ -166,7 +172,7 @@ class SessionService:
         if self.require_verified_email and not await self.store.is_email_verified(user.id):
             self._audit("login_failure", user_id=user.id, ip=ip, reason="email_not_verified")
             raise EmailNotVerified("the email address is not verified yet; follow the link in the mail")
-        return await self.start_session(user, remember_me=remember_me, user_agent=user_agent, ip=ip)
+        return user
 
     async def start_session(
         self,

@@ -38,6 +38,12 @@ PURE = [
     "gateway.accounts.outbox",
     "gateway.accounts.service",
     "gateway.accounts.openapi",
+    "gateway.mfa",
+    "gateway.mfa.secretbox",
+    "gateway.mfa.totp",
+    "gateway.mfa.recovery",
+    "gateway.mfa.service",
+    "gateway.mfa.passkeys",
 ]
 
 

@@ -110,6 +110,11 @@ async def test_openapi_document_lists_auth_endpoints(make_gateway: MakeGateway, 
         "/gw/signup", "/gw/verify-email", "/gw/verify-email/resend", "/gw/password/forgot", "/gw/password/reset",
         "/gw/reset-password", "/gw/password/change",
     }  # fmt: skip
+    assert set(doc["paths"]) >= {
+        f"/gw{p}" for p in ("/mfa", "/mfa/totp/enroll", "/mfa/totp/confirm", "/mfa/totp", "/mfa/recovery-codes", "/login/mfa",
+                            "/passkeys", "/passkeys/{id}", "/passkeys/register/options", "/passkeys/register",
+                            "/passkeys/login/options", "/passkeys/login")
+    }  # fmt: skip
 
 
 class _TcpRelay:

@@ -141,6 +141,12 @@ export function createAuthClient({ prefix = '/auth', fetchImpl } = {}) {
     const res = await doFetch(input, withBearer(init, accessToken));
     if (res.status !== 401) return res;
     emit('unauthorized', { url: String(input), challenge: res.headers.get('WWW-Authenticate') || '' });
+    // RFC 9470: the route needs a stronger login. A refresh keeps the session's amr, so it cannot help:
+    // tell the page, which asks for the second factor (loginMfa after login, or loginWithPasskey).
+    if (/error="insufficient_user_authentication"/.test(res.headers.get('WWW-Authenticate') || '')) {
+      emit('step-up-required', { url: String(input && input.url ? input.url : input) });
+      return res;
+    }
     // Someone refreshed while this call was out: retry with that token instead of refreshing again.
     if (generation !== seen && accessToken) return doFetch(input, withBearer(init, accessToken));
     try {
@@ -155,6 +161,8 @@ export function createAuthClient({ prefix = '/auth', fetchImpl } = {}) {
     const res = await post('/login', { email, password, remember_me: rememberMe });
     if (!res.ok) throw await errorFrom(res);
     const body = await res.json();
+    // Second factor on: no session yet, only {mfa_required, mfa_token, methods}; call loginMfa() next.
+    if (body.mfa_required) { emit('mfa-required', body); return body; }
     setToken(body.access_token || null);
     emit('logged-in');
     return body;
@@ -261,7 +269,103 @@ export function createAuthClient({ prefix = '/auth', fetchImpl } = {}) {
     globalThis.location.assign(`${prefix}/oidc/${encodeURIComponent(name)}/login?return_to=${encodeURIComponent(back)}`);
   }
 
+  // -- second factors: TOTP, recovery codes, passkeys (WebAuthn) -------------------------------
+
+  function b64urlToBuffer(text) {
+    const base64 = text.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(text.length / 4) * 4, '=');
+    const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+    return bytes.buffer;
+  }
+
+  function bufferToB64url(buffer) {
+    let text = '';
+    for (const byte of new Uint8Array(buffer)) text += String.fromCharCode(byte);
+    return btoa(text).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  }
+
+  async function authJson(path, method, body) {
+    const init = { method, credentials: 'include' };
+    if (body !== undefined) { init.headers = { 'Content-Type': 'application/json' }; init.body = JSON.stringify(body); }
+    const res = await authFetch(`${prefix}${path}`, init);
+    if (!res.ok) throw await errorFrom(res);
+    return res.status === 204 ? null : res.json();
+  }
+
+  async function loggedIn(res) {
+    if (!res.ok) throw await errorFrom(res);
+    const body = await res.json();
+    setToken(body.access_token || null);
+    emit('logged-in');
+    return body;
+  }
+
+  async function loginMfa(mfaToken, { code, recoveryCode } = {}) {
+    const second = recoveryCode !== undefined ? { recovery_code: recoveryCode } : { code };
+    return loggedIn(await post('/login/mfa', { mfa_token: mfaToken, ...second }));
+  }
+
+  function credentialJson(cred) {
+    const r = cred.response;
+    const response = { clientDataJSON: bufferToB64url(r.clientDataJSON) };
+    if (r.attestationObject) {
+      response.attestationObject = bufferToB64url(r.attestationObject);
+      response.transports = typeof r.getTransports === 'function' ? r.getTransports() : [];
+    } else {
+      response.authenticatorData = bufferToB64url(r.authenticatorData);
+      response.signature = bufferToB64url(r.signature);
+      if (r.userHandle) response.userHandle = bufferToB64url(r.userHandle);
+    }
+    return {
+      id: cred.id,
+      rawId: bufferToB64url(cred.rawId),
+      type: cred.type,
+      response,
+      authenticatorAttachment: cred.authenticatorAttachment || undefined,
+      clientExtensionResults: cred.getClientExtensionResults ? cred.getClientExtensionResults() : {},
+    };
+  }
+
+  async function registerPasskey({ name = '' } = {}) {
+    const options = await authJson('/passkeys/register/options', 'POST', {});
+    const publicKey = {
+      ...options,
+      challenge: b64urlToBuffer(options.challenge),
+      user: { ...options.user, id: b64urlToBuffer(options.user.id) },
+      excludeCredentials: (options.excludeCredentials || []).map((c) => ({ ...c, id: b64urlToBuffer(c.id) })),
+    };
+    const cred = await navigator.credentials.create({ publicKey });
+    return authJson('/passkeys/register', 'POST', { credential: credentialJson(cred), name });
+  }
+
+  async function loginWithPasskey({ email, rememberMe = false, tamper } = {}) {
+    const res = await post('/passkeys/login/options', email ? { email } : {});
+    if (!res.ok) throw await errorFrom(res);
+    const options = await res.json();
+    const publicKey = {
+      ...options,
+      challenge: b64urlToBuffer(options.challenge),
+      allowCredentials: (options.allowCredentials || []).map((c) => ({ ...c, id: b64urlToBuffer(c.id) })),
+    };
+    if (tamper) tamper(publicKey);  // tests only: change what the authenticator signs
+    const cred = await navigator.credentials.get({ publicKey });
+    return loggedIn(await post('/passkeys/login', { credential: credentialJson(cred), remember_me: rememberMe }));
+  }
+
+  const mfa = {
+    status: () => authJson('/mfa', 'GET'),
+    enrollTotp: () => authJson('/mfa/totp/enroll', 'POST', {}),
+    confirmTotp: (code) => authJson('/mfa/totp/confirm', 'POST', { code }),
+    disableTotp: (code) => authJson('/mfa/totp', 'DELETE', { code }),
+    regenerateRecoveryCodes: (code) => authJson('/mfa/recovery-codes', 'POST', { code }),
+    passkeys: async () => (await authJson('/passkeys', 'GET')).passkeys,
+    deletePasskey: (id) => authJson(`/passkeys/${encodeURIComponent(id)}`, 'DELETE'),
+  };
+
   return {
+    loginMfa,
+    registerPasskey,
+    loginWithPasskey,
+    mfa,
     fetch: authFetch,
     websocket,
     providers,

@@ -20,10 +20,14 @@ __all__ = [
     "EmailToken",
     "NewMail",
     "OutboxMail",
+    "ChallengeRecord",
+    "MfaStore",
+    "PasskeyRecord",
     "RevocationEvent",
     "RotateOutcome",
     "SessionRecord",
     "Store",
+    "TotpRecord",
     "UserRecord",
     "gcra_interval",
     "gcra_wait",
@@ -320,6 +324,102 @@ class Store(Protocol):
 
     async def aclose(self) -> None:
         """Releases connections."""
+
+
+# -- second factors (gateway/mfa) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TotpRecord:
+    """A user's TOTP factor; `secret` is ciphertext the store never reads, `last_step` the newest accepted step."""
+
+    user_id: str
+    secret: str
+    confirmed: bool
+    last_step: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeRecord:
+    """A short-lived, single-use value (an mfa_token, a WebAuthn challenge), kept only as a hash."""
+
+    key_hash: str
+    kind: str
+    user_id: str | None
+    payload: str
+    expires_at: float
+    tries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PasskeyRecord:
+    """A registered WebAuthn credential; ids and the COSE public key are base64url text."""
+
+    id: str
+    user_id: str
+    credential_id: str
+    public_key: str
+    sign_count: int
+    name: str
+    transports: tuple[str, ...]
+    created_at: float
+    last_used_at: float | None = None
+
+
+class MfaStore(Protocol):
+    """The second-factor part of a backend: TOTP, recovery codes, challenges, passkeys. Each method is atomic."""
+
+    async def totp_begin(self, user_id: str, *, secret: str, now: float) -> bool:
+        """Stores a pending (unconfirmed) secret, replacing a pending one; False when a confirmed one exists."""
+
+    async def totp_get(self, user_id: str) -> TotpRecord | None:
+        """The user's TOTP factor, pending or confirmed."""
+
+    async def totp_confirm(self, user_id: str, *, step: int, recovery_hashes: list[str], now: float) -> bool:
+        """Turns a pending factor on at time step `step` and sets the recovery codes; False if none was pending."""
+
+    async def totp_accept_step(self, user_id: str, *, step: int) -> bool:
+        """Records `step` as used if the factor is on and `step` is newer than any accepted one (codes work once)."""
+
+    async def totp_delete(self, user_id: str) -> bool:
+        """Removes the TOTP factor and the recovery codes; False when there was none."""
+
+    async def recovery_replace(self, user_id: str, *, hashes: list[str], now: float) -> None:
+        """Replaces every recovery code of the user with these hashes."""
+
+    async def recovery_use(self, user_id: str, *, code_hash: str, now: float) -> bool:
+        """Marks one unused code used; False when it is unknown or already used (each code works once)."""
+
+    async def recovery_count(self, user_id: str) -> int:
+        """How many unused recovery codes the user has."""
+
+    async def challenge_put(self, challenge: ChallengeRecord, *, now: float) -> None:
+        """Stores a challenge (and drops every expired one)."""
+
+    async def challenge_try(self, key_hash: str, *, kind: str, now: float, max_tries: int) -> ChallengeRecord | None:
+        """Counts one try; the record with its new count, or None when unknown, expired or out of tries."""
+
+    async def challenge_take(self, key_hash: str, *, kind: str, now: float) -> ChallengeRecord | None:
+        """Deletes and returns a live challenge: of concurrent takers exactly one gets it."""
+
+    async def passkey_add(self, passkey: PasskeyRecord) -> None:
+        """Stores a credential; Conflict when its credential id is registered already."""
+
+    async def passkey_list(self, user_id: str) -> list[PasskeyRecord]:
+        """The user's passkeys, oldest first."""
+
+    async def passkey_find(self, credential_id: str) -> PasskeyRecord | None:
+        """A passkey by its WebAuthn credential id."""
+
+    async def passkey_used(self, passkey_id: str, *, old_count: int, new_count: int, now: float) -> bool:
+        """Moves the sign count from `old_count` to `new_count`; False if another login moved it first."""
+
+    async def passkey_delete(self, user_id: str, passkey_id: str) -> bool:
+        """Deletes one of the user's passkeys; False when it is not theirs."""
+
+    async def mfa_reset(self, user_id: str, *, now: float) -> list[str]:
+        """Removes every second factor and challenge of the user and revokes their sessions; returns the revoked ids."""
 
 
 async def open_store(cfg: StoreConfig) -> Store:

@@ -17,10 +17,13 @@ from gateway.errors import Conflict, StoreError, StoreUnavailable
 from gateway.store import (
     GCRA_SLACK,
     AccessChange,
+    ChallengeRecord,
     ClientRecord,
+    PasskeyRecord,
     RevocationEvent,
     RotateOutcome,
     SessionRecord,
+    TotpRecord,
     UserRecord,
     gcra_interval,
     gcra_wait,
@@ -126,6 +129,44 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # issue 12: email verification, email tokens, the mail outbox (see postgres_accounts)
     ACCOUNTS_MIGRATION,
+    # Second factors (gateway/mfa): TOTP secrets (encrypted), recovery-code hashes, challenges, passkeys.
+    """
+    CREATE TABLE mfa_totp (
+        user_id TEXT PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+        secret TEXT NOT NULL,
+        confirmed BOOLEAN NOT NULL DEFAULT FALSE,
+        last_step BIGINT NOT NULL DEFAULT -1,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE mfa_recovery_codes (
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        code_hash TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        used_at DOUBLE PRECISION,
+        PRIMARY KEY (user_id, code_hash)
+    );
+    CREATE TABLE mfa_challenges (
+        key_hash TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        user_id TEXT REFERENCES users(id) ON DELETE CASCADE,
+        payload TEXT NOT NULL DEFAULT '',
+        expires_at DOUBLE PRECISION NOT NULL,
+        tries INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX mfa_challenges_expiry ON mfa_challenges(expires_at);
+    CREATE TABLE passkeys (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        credential_id TEXT NOT NULL UNIQUE,
+        public_key TEXT NOT NULL,
+        sign_count BIGINT NOT NULL,
+        name TEXT NOT NULL DEFAULT '',
+        transports TEXT NOT NULL DEFAULT '',
+        created_at DOUBLE PRECISION NOT NULL,
+        last_used_at DOUBLE PRECISION
+    );
+    CREATE INDEX passkeys_user ON passkeys(user_id);
+    """,
 )
 
 _MIGRATION_LOCK = 0x6761_7465_7761_79  # arbitrary constants shared by every gateway instance
@@ -497,11 +538,166 @@ class PostgresStore(PostgresAccounts):
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
 
+    # -- second factors (gateway/mfa) --------------------------------------------------------
+
+    async def _exec(self, sql: str, *args: Any) -> int:
+        """Runs one statement; the number of rows it touched."""
+        try:
+            status = await self._pool.execute(sql, *args)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+        return int(status.split()[-1])
+
+    async def totp_begin(self, user_id: str, *, secret: str, now: float) -> bool:
+        # One statement: the upsert only overwrites a pending row, so a confirmed factor is never replaced.
+        rows = await self._fetch(
+            "INSERT INTO mfa_totp (user_id, secret, confirmed, last_step, created_at) VALUES ($1, $2, FALSE, -1, $3)"
+            " ON CONFLICT (user_id) DO UPDATE SET secret = EXCLUDED.secret, last_step = -1, created_at = EXCLUDED.created_at"
+            " WHERE mfa_totp.confirmed = FALSE RETURNING user_id",
+            user_id, secret, now,
+        )  # fmt: skip
+        return bool(rows)
+
+    async def totp_get(self, user_id: str) -> TotpRecord | None:
+        rows = await self._fetch(
+            "SELECT user_id, secret, confirmed, last_step, created_at FROM mfa_totp WHERE user_id = $1", user_id
+        )
+        return TotpRecord(rows[0][0], rows[0][1], rows[0][2], rows[0][3], rows[0][4]) if rows else None
+
+    async def totp_confirm(self, user_id: str, *, step: int, recovery_hashes: list[str], now: float) -> bool:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                status = await conn.execute(
+                    "UPDATE mfa_totp SET confirmed = TRUE, last_step = $1 WHERE user_id = $2 AND NOT confirmed AND last_step < $1",
+                    step, user_id,
+                )  # fmt: skip
+                if status.split()[-1] == "0":
+                    return False
+                await _replace_codes(conn, user_id, recovery_hashes, now)
+                return True
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+
+    async def totp_accept_step(self, user_id: str, *, step: int) -> bool:
+        # The row lock of one UPDATE is what makes a code work once: a concurrent twin re-reads last_step and fails.
+        return bool(await self._exec(
+            "UPDATE mfa_totp SET last_step = $1 WHERE user_id = $2 AND confirmed AND last_step < $1", step, user_id
+        ))  # fmt: skip
+
+    async def totp_delete(self, user_id: str) -> bool:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("DELETE FROM mfa_recovery_codes WHERE user_id = $1", user_id)
+                status: str = await conn.execute("DELETE FROM mfa_totp WHERE user_id = $1", user_id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+        return status.split()[-1] != "0"
+
+    async def recovery_replace(self, user_id: str, *, hashes: list[str], now: float) -> None:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await _replace_codes(conn, user_id, hashes, now)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+
+    async def recovery_use(self, user_id: str, *, code_hash: str, now: float) -> bool:
+        return bool(await self._exec(
+            "UPDATE mfa_recovery_codes SET used_at = $1 WHERE user_id = $2 AND code_hash = $3 AND used_at IS NULL",
+            now, user_id, code_hash,
+        ))  # fmt: skip
+
+    async def recovery_count(self, user_id: str) -> int:
+        rows = await self._fetch("SELECT count(*) FROM mfa_recovery_codes WHERE user_id = $1 AND used_at IS NULL", user_id)
+        return int(rows[0][0])
+
+    async def challenge_put(self, challenge: ChallengeRecord, *, now: float) -> None:
+        c = challenge
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("DELETE FROM mfa_challenges WHERE expires_at <= $1", now)
+                await conn.execute(
+                    "INSERT INTO mfa_challenges (key_hash, kind, user_id, payload, expires_at, tries) VALUES ($1, $2, $3, $4, $5, $6)",
+                    c.key_hash, c.kind, c.user_id, c.payload, c.expires_at, c.tries,
+                )  # fmt: skip
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+
+    async def challenge_try(self, key_hash: str, *, kind: str, now: float, max_tries: int) -> ChallengeRecord | None:
+        rows = await self._fetch(
+            "UPDATE mfa_challenges SET tries = tries + 1 WHERE key_hash = $1 AND kind = $2 AND expires_at > $3 AND tries < $4"
+            f" RETURNING {_CHALLENGE_COLS}",
+            key_hash, kind, now, max_tries,
+        )  # fmt: skip
+        return ChallengeRecord(*rows[0]) if rows else None
+
+    async def challenge_take(self, key_hash: str, *, kind: str, now: float) -> ChallengeRecord | None:
+        rows = await self._fetch(
+            f"DELETE FROM mfa_challenges WHERE key_hash = $1 AND kind = $2 RETURNING {_CHALLENGE_COLS}", key_hash, kind
+        )
+        return ChallengeRecord(*rows[0]) if rows and rows[0][4] > now else None
+
+    async def passkey_add(self, passkey: PasskeyRecord) -> None:
+        p = passkey
+        try:
+            await self._pool.execute(
+                f"INSERT INTO passkeys ({_PASSKEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                p.id, p.user_id, p.credential_id, p.public_key, p.sign_count, p.name, " ".join(p.transports),
+                p.created_at, p.last_used_at,
+            )  # fmt: skip
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict("this passkey is registered already") from exc
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+
+    async def passkey_list(self, user_id: str) -> list[PasskeyRecord]:
+        rows = await self._fetch(f"SELECT {_PASSKEY_COLS} FROM passkeys WHERE user_id = $1 ORDER BY created_at, id", user_id)
+        return [_passkey(r) for r in rows]
+
+    async def passkey_find(self, credential_id: str) -> PasskeyRecord | None:
+        rows = await self._fetch(f"SELECT {_PASSKEY_COLS} FROM passkeys WHERE credential_id = $1", credential_id)
+        return _passkey(rows[0]) if rows else None
+
+    async def passkey_used(self, passkey_id: str, *, old_count: int, new_count: int, now: float) -> bool:
+        return bool(await self._exec(
+            "UPDATE passkeys SET sign_count = $1, last_used_at = $2 WHERE id = $3 AND sign_count = $4",
+            new_count, now, passkey_id, old_count,
+        ))  # fmt: skip
+
+    async def passkey_delete(self, user_id: str, passkey_id: str) -> bool:
+        return bool(await self._exec("DELETE FROM passkeys WHERE id = $1 AND user_id = $2", passkey_id, user_id))
+
+    async def mfa_reset(self, user_id: str, *, now: float) -> list[str]:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                for table in ("mfa_totp", "mfa_recovery_codes", "mfa_challenges", "passkeys"):
+                    await conn.execute(f"DELETE FROM {table} WHERE user_id = $1", user_id)
+                return await _revoke_where(conn, "user_id = $3", user_id, now=now, reason="mfa_reset")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+
     async def ping(self) -> None:
         await self._fetch("SELECT 1")
 
     async def aclose(self) -> None:
         await self._pool.close()
+
+
+_CHALLENGE_COLS = "key_hash, kind, user_id, payload, expires_at, tries"
+_PASSKEY_COLS = "id, user_id, credential_id, public_key, sign_count, name, transports, created_at, last_used_at"
+
+
+def _passkey(r: Any) -> PasskeyRecord:
+    return PasskeyRecord(
+        id=r[0], user_id=r[1], credential_id=r[2], public_key=r[3], sign_count=r[4], name=r[5],
+        transports=tuple(r[6].split()), created_at=r[7], last_used_at=r[8],
+    )  # fmt: skip
+
+
+async def _replace_codes(conn: asyncpg.Connection, user_id: str, hashes: list[str], now: float) -> None:
+    await conn.execute("DELETE FROM mfa_recovery_codes WHERE user_id = $1", user_id)
+    await conn.executemany(
+        "INSERT INTO mfa_recovery_codes (user_id, code_hash, created_at) VALUES ($1, $2, $3)", [(user_id, h, now) for h in hashes]
+    )
 
 
 async def _revoke_where(conn: asyncpg.Connection, where: str, *params: Any, now: float, reason: str) -> list[str]:

@@ -22,10 +22,13 @@ from gateway.errors import Conflict, StoreError, StoreUnavailable
 from gateway.store import (
     GCRA_SLACK,
     AccessChange,
+    ChallengeRecord,
     ClientRecord,
+    PasskeyRecord,
     RevocationEvent,
     RotateOutcome,
     SessionRecord,
+    TotpRecord,
     UserRecord,
     gcra_interval,
     gcra_wait,
@@ -135,6 +138,44 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # issue 12: email verification, email tokens, the mail outbox (see sqlite_accounts)
     ACCOUNTS_MIGRATION,
+    # Second factors (gateway/mfa): TOTP secrets (encrypted), recovery-code hashes, challenges, passkeys.
+    """
+    CREATE TABLE mfa_totp (
+        user_id TEXT PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+        secret TEXT NOT NULL,
+        confirmed INTEGER NOT NULL DEFAULT 0,
+        last_step INTEGER NOT NULL DEFAULT -1,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE mfa_recovery_codes (
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        code_hash TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        used_at REAL,
+        PRIMARY KEY (user_id, code_hash)
+    );
+    CREATE TABLE mfa_challenges (
+        key_hash TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        user_id TEXT REFERENCES users(id) ON DELETE CASCADE,
+        payload TEXT NOT NULL DEFAULT '',
+        expires_at REAL NOT NULL,
+        tries INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX mfa_challenges_expiry ON mfa_challenges(expires_at);
+    CREATE TABLE passkeys (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        credential_id TEXT NOT NULL UNIQUE,
+        public_key TEXT NOT NULL,
+        sign_count INTEGER NOT NULL,
+        name TEXT NOT NULL DEFAULT '',
+        transports TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        last_used_at REAL
+    );
+    CREATE INDEX passkeys_user ON passkeys(user_id);
+    """,
 )
 
 _SESSION_COLS = (
@@ -516,6 +557,150 @@ class SqliteStore(SqliteAccounts):
 
         await self._do(op, write=True)
 
+    # -- second factors (gateway/mfa) --------------------------------------------------------
+
+    async def totp_begin(self, user_id: str, *, secret: str, now: float) -> bool:
+        def op(db: sqlite3.Connection) -> bool:
+            row = db.execute("SELECT confirmed FROM mfa_totp WHERE user_id = ?", (user_id,)).fetchone()
+            if row is not None and row[0]:
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO mfa_totp (user_id, secret, confirmed, last_step, created_at) VALUES (?, ?, 0, -1, ?)",
+                (user_id, secret, now),
+            )
+            return True
+
+        return await self._do(op, write=True)
+
+    async def totp_get(self, user_id: str) -> TotpRecord | None:
+        rows = await self._rows(
+            "SELECT user_id, secret, confirmed, last_step, created_at FROM mfa_totp WHERE user_id = ?", (user_id,)
+        )
+        return TotpRecord(rows[0][0], rows[0][1], bool(rows[0][2]), rows[0][3], rows[0][4]) if rows else None
+
+    async def totp_confirm(self, user_id: str, *, step: int, recovery_hashes: list[str], now: float) -> bool:
+        def op(db: sqlite3.Connection) -> bool:
+            done = db.execute(
+                "UPDATE mfa_totp SET confirmed = 1, last_step = ? WHERE user_id = ? AND confirmed = 0 AND last_step < ?",
+                (step, user_id, step),
+            ).rowcount
+            if done:
+                _replace_codes(db, user_id, recovery_hashes, now)
+            return bool(done)
+
+        return await self._do(op, write=True)
+
+    async def totp_accept_step(self, user_id: str, *, step: int) -> bool:
+        def op(db: sqlite3.Connection) -> bool:
+            return bool(db.execute(
+                "UPDATE mfa_totp SET last_step = ? WHERE user_id = ? AND confirmed = 1 AND last_step < ?", (step, user_id, step)
+            ).rowcount)  # fmt: skip
+
+        return await self._do(op, write=True)
+
+    async def totp_delete(self, user_id: str) -> bool:
+        def op(db: sqlite3.Connection) -> bool:
+            db.execute("DELETE FROM mfa_recovery_codes WHERE user_id = ?", (user_id,))
+            return bool(db.execute("DELETE FROM mfa_totp WHERE user_id = ?", (user_id,)).rowcount)
+
+        return await self._do(op, write=True)
+
+    async def recovery_replace(self, user_id: str, *, hashes: list[str], now: float) -> None:
+        await self._do(lambda db: _replace_codes(db, user_id, hashes, now), write=True)
+
+    async def recovery_use(self, user_id: str, *, code_hash: str, now: float) -> bool:
+        def op(db: sqlite3.Connection) -> bool:
+            return bool(db.execute(
+                "UPDATE mfa_recovery_codes SET used_at = ? WHERE user_id = ? AND code_hash = ? AND used_at IS NULL",
+                (now, user_id, code_hash),
+            ).rowcount)  # fmt: skip
+
+        return await self._do(op, write=True)
+
+    async def recovery_count(self, user_id: str) -> int:
+        rows = await self._rows("SELECT count(*) FROM mfa_recovery_codes WHERE user_id = ? AND used_at IS NULL", (user_id,))
+        return int(rows[0][0])
+
+    async def challenge_put(self, challenge: ChallengeRecord, *, now: float) -> None:
+        c = challenge
+
+        def op(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM mfa_challenges WHERE expires_at <= ?", (now,))
+            db.execute(
+                "INSERT INTO mfa_challenges (key_hash, kind, user_id, payload, expires_at, tries) VALUES (?, ?, ?, ?, ?, ?)",
+                (c.key_hash, c.kind, c.user_id, c.payload, c.expires_at, c.tries),
+            )
+
+        await self._do(op, write=True)
+
+    async def challenge_try(self, key_hash: str, *, kind: str, now: float, max_tries: int) -> ChallengeRecord | None:
+        def op(db: sqlite3.Connection) -> ChallengeRecord | None:
+            done = db.execute(
+                "UPDATE mfa_challenges SET tries = tries + 1 WHERE key_hash = ? AND kind = ? AND expires_at > ? AND tries < ?",
+                (key_hash, kind, now, max_tries),
+            ).rowcount
+            if not done:
+                return None
+            row = db.execute(f"SELECT {_CHALLENGE_COLS} FROM mfa_challenges WHERE key_hash = ?", (key_hash,)).fetchone()
+            return ChallengeRecord(*row)
+
+        return await self._do(op, write=True)
+
+    async def challenge_take(self, key_hash: str, *, kind: str, now: float) -> ChallengeRecord | None:
+        def op(db: sqlite3.Connection) -> ChallengeRecord | None:
+            row = db.execute(
+                f"DELETE FROM mfa_challenges WHERE key_hash = ? AND kind = ? RETURNING {_CHALLENGE_COLS}", (key_hash, kind)
+            ).fetchone()
+            return ChallengeRecord(*row) if row is not None and row[4] > now else None
+
+        return await self._do(op, write=True)
+
+    async def passkey_add(self, passkey: PasskeyRecord) -> None:
+        p = passkey
+
+        def op(db: sqlite3.Connection) -> None:
+            try:
+                db.execute(
+                    f"INSERT INTO passkeys ({_PASSKEY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (p.id, p.user_id, p.credential_id, p.public_key, p.sign_count, p.name, " ".join(p.transports),
+                     p.created_at, p.last_used_at),
+                )  # fmt: skip
+            except sqlite3.IntegrityError as exc:
+                raise Conflict("this passkey is registered already") from exc
+
+        await self._do(op, write=True)
+
+    async def passkey_list(self, user_id: str) -> list[PasskeyRecord]:
+        rows = await self._rows(f"SELECT {_PASSKEY_COLS} FROM passkeys WHERE user_id = ? ORDER BY created_at, id", (user_id,))
+        return [_passkey(r) for r in rows]
+
+    async def passkey_find(self, credential_id: str) -> PasskeyRecord | None:
+        rows = await self._rows(f"SELECT {_PASSKEY_COLS} FROM passkeys WHERE credential_id = ?", (credential_id,))
+        return _passkey(rows[0]) if rows else None
+
+    async def passkey_used(self, passkey_id: str, *, old_count: int, new_count: int, now: float) -> bool:
+        def op(db: sqlite3.Connection) -> bool:
+            return bool(db.execute(
+                "UPDATE passkeys SET sign_count = ?, last_used_at = ? WHERE id = ? AND sign_count = ?",
+                (new_count, now, passkey_id, old_count),
+            ).rowcount)  # fmt: skip
+
+        return await self._do(op, write=True)
+
+    async def passkey_delete(self, user_id: str, passkey_id: str) -> bool:
+        def op(db: sqlite3.Connection) -> bool:
+            return bool(db.execute("DELETE FROM passkeys WHERE id = ? AND user_id = ?", (passkey_id, user_id)).rowcount)
+
+        return await self._do(op, write=True)
+
+    async def mfa_reset(self, user_id: str, *, now: float) -> list[str]:
+        def op(db: sqlite3.Connection) -> list[str]:
+            for table in ("mfa_totp", "mfa_recovery_codes", "mfa_challenges", "passkeys"):
+                db.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
+            return _revoke_where(db, "user_id = ?", (user_id,), now=now, reason="mfa_reset")
+
+        return await self._do(op, write=True)
+
     async def ping(self) -> None:
         await self._rows("SELECT 1")
 
@@ -524,6 +709,24 @@ class SqliteStore(SqliteAccounts):
             return
         self._closed = True
         await self._runner.stop()
+
+
+_CHALLENGE_COLS = "key_hash, kind, user_id, payload, expires_at, tries"
+_PASSKEY_COLS = "id, user_id, credential_id, public_key, sign_count, name, transports, created_at, last_used_at"
+
+
+def _passkey(r: Any) -> PasskeyRecord:
+    return PasskeyRecord(
+        id=r[0], user_id=r[1], credential_id=r[2], public_key=r[3], sign_count=r[4], name=r[5],
+        transports=tuple(r[6].split()), created_at=r[7], last_used_at=r[8],
+    )  # fmt: skip
+
+
+def _replace_codes(db: sqlite3.Connection, user_id: str, hashes: list[str], now: float) -> None:
+    db.execute("DELETE FROM mfa_recovery_codes WHERE user_id = ?", (user_id,))
+    db.executemany(
+        "INSERT INTO mfa_recovery_codes (user_id, code_hash, created_at) VALUES (?, ?, ?)", [(user_id, h, now) for h in hashes]
+    )
 
 
 def _revoke_where(db: sqlite3.Connection, where: str, params: tuple[Any, ...], *, now: float, reason: str) -> list[str]:
