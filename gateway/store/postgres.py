@@ -85,6 +85,8 @@ _MIGRATION_LOCK = 0x6761_7465_7761_79  # arbitrary constants shared by every gat
 # Holding it to commit makes seq order equal commit order; revocations are rare, so it costs nothing.
 _REVOCATION_LOCK = 0x6761_7465_7761_7A
 
+_KEEP_MAIL_S = 7 * 86400
+
 _SESSION_COLS = (
     "s.id, s.user_id, s.created_at, s.last_used_at, s.expires_at, s.absolute_expires_at, "
     "s.remember_me, s.user_agent, s.ip, s.revoked_at, s.revoked_reason"
@@ -313,6 +315,9 @@ class PostgresStore(PostgresAccounts):
                 status = await conn.execute("DELETE FROM sessions WHERE absolute_expires_at < $1", now)
                 await conn.execute("DELETE FROM revocations WHERE revoked_at < $1", revocations_before)
                 await conn.execute("DELETE FROM rate_limits WHERE tat < $1", now)  # a row in the past counts nothing
+                # issue 12: dead email tokens and delivered (or abandoned) mails older than a week
+                await conn.execute("DELETE FROM email_tokens WHERE expires_at < $1", now - _KEEP_MAIL_S)
+                await conn.execute("DELETE FROM mail_outbox WHERE sent_at < $1 OR gave_up_at < $1", now - _KEEP_MAIL_S)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
         return int(status.split()[-1])
