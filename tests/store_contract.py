@@ -813,3 +813,14 @@ class StoreContract:
         assert [(m.recipient, m.attempts, m.message) for m in retried] == [("a@example.com", 2, a.message)]
         await store.mail_sent(a.id, now=T0 + 31)
         assert await store.claim_mail(now=T0 + 9999, lease_s=60, limit=10) == []  # b gave up, a is sent
+
+    async def test_prune_after_a_week_keeps_mail_not_yet_delivered(self, store: Store) -> None:
+        user = await _user(store)
+        old = _hash("old")
+        await store.issue_email_token(user.id, token=EmailToken(old, "reset", T0 + 10), mail=_mail("a@example.com"), now=T0)
+        await store.enqueue_mail(_mail("b@example.com"), now=T0)
+        sent, pending = await store.claim_mail(now=T0, lease_s=1, limit=10)
+        await store.mail_sent(sent.id, now=T0)
+        week = 7 * 86400
+        await store.prune(now=T0 + 11 + week, revocations_before=T0)
+        assert [m.id for m in await store.claim_mail(now=T0 + 11 + week, lease_s=60, limit=10)] == [pending.id]

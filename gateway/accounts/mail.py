@@ -37,8 +37,8 @@ _BODIES: dict[MailKind, str] = {
     ),
     "exists": (
         "Someone tried to sign up with this address, but it already has an account.\n"
-        "If that was you, sign in instead; if you forgot your password, reset it here:\n\n{link}\n\n"
-        "If it was not you, ignore this mail.\n"
+        "If that was you, sign in instead at\n\n{link}\n\n"
+        "and if you forgot your password, ask for a reset link there. If it was not you, ignore this mail.\n"
     ),
 }
 

@@ -76,6 +76,7 @@ class AccountService:
         self.cfg = config
         self.clock = clock
         self.on_mail = on_mail
+        self._site = link_base(config) + "/"
         self._base = link_base(config) + config.server.auth_prefix
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -115,7 +116,7 @@ class AccountService:
         else:
             existing = await self.store.get_user(email_key=key)
             to = existing.email if existing else shown
-            await self.store.enqueue_mail(self._mail("exists", to, f"{self._base}/reset-password"), now=now)
+            await self.store.enqueue_mail(self._mail("exists", to, self._site), now=now)
             audit("signup_existing", user_id=existing.id if existing else None, ip=ip)
         self.on_mail()
 

@@ -177,6 +177,8 @@ _REVOCATION_LOCK = 0x6761_7465_7761_7A
 # The same reasoning for the grant-change log (roles changed, clients removed).
 _ACCESS_LOCK = 0x6761_7465_7761_7B
 
+_KEEP_MAIL_S = 7 * 86400
+
 _SESSION_COLS = (
     "s.id, s.user_id, s.created_at, s.last_used_at, s.expires_at, s.absolute_expires_at, "
     "s.remember_me, s.user_agent, s.ip, s.revoked_at, s.revoked_reason, s.amr, s.idp"
@@ -418,6 +420,9 @@ class PostgresStore(PostgresAccounts):
                 await conn.execute("DELETE FROM revocations WHERE revoked_at < $1", revocations_before)
                 await conn.execute("DELETE FROM access_changes WHERE changed_at < $1", revocations_before)
                 await conn.execute("DELETE FROM rate_limits WHERE tat < $1", now)  # a row in the past counts nothing
+                # issue 12: dead email tokens and delivered (or abandoned) mails older than a week
+                await conn.execute("DELETE FROM email_tokens WHERE expires_at < $1", now - _KEEP_MAIL_S)
+                await conn.execute("DELETE FROM mail_outbox WHERE sent_at < $1 OR gave_up_at < $1", now - _KEEP_MAIL_S)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
         return int(status.split()[-1])

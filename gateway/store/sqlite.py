@@ -178,6 +178,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+_KEEP_MAIL_S = 7 * 86400
+
 _SESSION_COLS = (
     "s.id, s.user_id, s.created_at, s.last_used_at, s.expires_at, s.absolute_expires_at, "
     "s.remember_me, s.user_agent, s.ip, s.revoked_at, s.revoked_reason, s.amr, s.idp"
@@ -433,6 +435,9 @@ class SqliteStore(SqliteAccounts):
             db.execute("DELETE FROM revocations WHERE revoked_at < ?", (revocations_before,))
             db.execute("DELETE FROM access_changes WHERE changed_at < ?", (revocations_before,))
             db.execute("DELETE FROM rate_limits WHERE tat < ?", (now,))  # a row in the past counts nothing
+            # issue 12: dead email tokens and delivered (or abandoned) mails older than a week
+            db.execute("DELETE FROM email_tokens WHERE expires_at < ?", (now - _KEEP_MAIL_S,))
+            db.execute("DELETE FROM mail_outbox WHERE sent_at < ? OR gave_up_at < ?", (now - _KEEP_MAIL_S, now - _KEEP_MAIL_S))
             return count
 
         return await self._do(op, write=True)
