@@ -45,8 +45,8 @@ class Module:
 MODULES: tuple[Module, ...] = (
     Module(
         "auth", "gateway/auth.py",
-        ("tests/test_forwarding_trust.py", "tests/test_proxy.py",
-         "-k", "test_forwarding_trust or origin or auth_ or forwarded or websocket_cookie"),
+        ("tests/test_forwarding_trust.py", "tests/test_token_extraction.py", "tests/test_proxy.py",
+         "-k", "test_forwarding_trust or test_token_extraction or origin or auth_ or forwarded or websocket_cookie"),
     ),
     Module("sessions", "gateway/sessions.py", ("tests/test_session_rules.py",)),
     Module("tokens", "gateway/tokens.py", ("tests/test_tokens.py",)),
