@@ -206,12 +206,40 @@ def test_own_origin_without_host_header_is_scheme_only(tmp_path: Path) -> None:
 def test_check_origin_referer_without_scheme_and_host_is_no_origin(tmp_path: Path, referer: str) -> None:
     # With no Host header our own origin is "http://": a Referer lacking a host must not equal it.
     bare = make_mocked_request("POST", "/", headers=CIMultiDict([("Referer", referer)])).clone(remote=CLIENT)
-    with pytest.raises(CsrfFailed, match="needs an Origin or Referer"):
+    with pytest.raises(CsrfFailed, match=NO_ORIGIN):
         check_origin(bare, config(tmp_path))
 
 
 def test_check_origin_referer_with_scheme_and_host_is_compared(tmp_path: Path) -> None:
     ok = request(CLIENT, [("Referer", "http://gw.internal:8080/page?q=1")])
     check_origin(ok, config(tmp_path))
-    with pytest.raises(CsrfFailed, match="does not trust"):
+    with pytest.raises(CsrfFailed, match=UNTRUSTED):
         check_origin(request(CLIENT, [("Referer", "http://evil.example/gw.internal:8080")]), config(tmp_path))
+
+
+NO_ORIGIN = "^a cookie-authenticated request needs an Origin or Referer header from this site$"
+UNTRUSTED = "^the request comes from an origin this gateway does not trust$"
+
+
+@pytest.mark.parametrize("headers", [[], [("Origin", "null")], [("Origin", "")], [("Referer", "")]])
+def test_check_origin_missing_or_null_origin_is_refused_as_such(tmp_path: Path, headers: list[tuple[str, str]]) -> None:
+    with pytest.raises(CsrfFailed, match=NO_ORIGIN):
+        check_origin(request(CLIENT, headers), config(tmp_path))
+
+
+@pytest.mark.parametrize("origin", ["NULL", "http://evil.example", "http://gw.internal:8081"])
+def test_check_origin_foreign_origin_is_refused_as_untrusted(tmp_path: Path, origin: str) -> None:
+    with pytest.raises(CsrfFailed, match=UNTRUSTED):
+        check_origin(request(CLIENT, [("Origin", origin)]), config(tmp_path))
+
+
+@pytest.mark.parametrize("origin", ["http://gw.internal:8080", "http://gw.internal:8080/", " HTTP://GW.Internal:8080/"])
+def test_check_origin_own_origin_in_any_case_with_a_trailing_slash_passes(tmp_path: Path, origin: str) -> None:
+    check_origin(request(CLIENT, [("Origin", origin)]), config(tmp_path))
+
+
+def test_check_origin_trusted_origins_are_compared_whole(tmp_path: Path) -> None:
+    cfg = build_config(tmp_path, "http://127.0.0.1:1", csrf={"trusted_origins": ["https://admin.example.com"]})
+    check_origin(request(CLIENT, [("Origin", "https://admin.example.com/")]), cfg)
+    with pytest.raises(CsrfFailed, match=UNTRUSTED):
+        check_origin(request(CLIENT, [("Origin", "https://admin.example.com.evil.net")]), cfg)
