@@ -16,7 +16,6 @@ from typing import Any
 
 from gateway.config import Config, Rate
 from gateway.errors import MfaCodeInvalid, MfaCodeRefused, MfaStateError, MfaTokenInvalid, NoRoute, RateLimited
-from gateway.limits import RateLimiter
 from gateway.log import audit
 from gateway.mfa import AMR_RECOVERY, AMR_TOTP, recovery, totp
 from gateway.mfa.secretbox import SecretBox
@@ -77,8 +76,9 @@ class MfaService:
         self.box = box or SecretBox.from_config(config.mfa, config.tokens)
         self.on_event = on_event
         self.clock = clock
-        self._failures = RateLimiter(_CODE_FAILURES)
-        self._login_failures = RateLimiter(_LOGIN_FAILURES)
+        # Wrong codes are counted in the store's shared limits (every worker and instance together),
+        # reserved before the check and given back on success, as failed logins are.
+        self._limits = sessions.store
 
     # -- TOTP enrolment ------------------------------------------------------------------------
 
@@ -96,7 +96,7 @@ class MfaService:
         record = await self.store.totp_get(user_id)
         if record is None or record.confirmed:
             raise MfaStateError("there is no pending TOTP enrolment; enrol first")
-        self._check_throttle(user_id)
+        await self._check_throttle(user_id)
         step = self._step(self.box.open(record.secret, user_id=user_id), code)
         codes = recovery.new_codes()
         hashes = [self.box.digest(recovery.normalize(c) or "") for c in codes]
@@ -104,6 +104,7 @@ class MfaService:
             user_id, step=step, recovery_hashes=hashes, now=self.clock()
         ):
             self._refuse(user_id, "totp", "wrong_code")
+        await self._forgive(user_id)
         self._audit("mfa_enrolled", "totp", user_id=user_id)
         return codes
 
@@ -137,23 +138,26 @@ class MfaService:
         record = await self.store.totp_get(user_id)
         if record is None or not record.confirmed:
             raise MfaStateError("TOTP is not on")
-        self._check_throttle(user_id)
+        await self._check_throttle(user_id)
         step = self._step(self.box.open(record.secret, user_id=user_id), code)
         if step is None or not await self.store.totp_accept_step(user_id, step=step):
             self._refuse(user_id, "totp", "wrong_code")
+        await self._forgive(user_id)
 
     def _step(self, secret: str, code: object) -> int | None:
         digits = totp.normalize_code(code)
         return None if digits is None else totp.matching_step(secret, digits, now=self.clock())
 
-    def _check_throttle(self, user_id: str) -> None:
-        wait = self._failures.retry_after(user_id, now=self.clock())
+    async def _check_throttle(self, user_id: str) -> None:
+        wait = await self._limits.take_limit((f"mfa:code:{user_id}",), rate=_CODE_FAILURES, now=self.clock())
         if wait:
             self._audit("mfa_failure", "totp", user_id=user_id, reason="rate_limited")
             raise RateLimited("too many wrong codes; try again later", retry_after=wait)
 
+    async def _forgive(self, user_id: str) -> None:
+        await self._limits.give_back_limit((f"mfa:code:{user_id}",), rate=_CODE_FAILURES)
+
     def _refuse(self, user_id: str, method: str, reason: str) -> None:
-        self._failures.hit(user_id, now=self.clock())
         self._audit("mfa_failure", method, user_id=user_id, reason=reason)
         raise MfaCodeRefused("the code is wrong, expired or already used")
 
@@ -198,7 +202,8 @@ class MfaService:
         if user is None or user.disabled:
             await self.store.challenge_take(key, kind=_KIND, now=now)
             raise MfaTokenInvalid("the mfa_token is no longer valid; log in again")
-        wait = self._login_failures.retry_after(user.id, now=now)
+        login_key = (f"mfa:login:{user.id}",)
+        wait = await self._limits.take_limit(login_key, rate=_LOGIN_FAILURES, now=now)
         if wait:
             self._audit("mfa_failure", "mfa_token", user_id=user.id, ip=ip, reason="rate_limited")
             raise RateLimited("too many wrong second-factor codes for this account; try again later", retry_after=wait)
@@ -214,9 +219,9 @@ class MfaService:
             )
             ok = step is not None and await self.store.totp_accept_step(user.id, step=step)
         if not ok:
-            self._login_failures.hit(user.id, now=now)
             self._audit("mfa_failure", method, user_id=user.id, ip=ip, reason="wrong_code", tries=pending.tries)
             raise MfaCodeInvalid("the code is wrong, expired or already used")
+        await self._limits.give_back_limit(login_key, rate=_LOGIN_FAILURES)
         if await self.store.challenge_take(key, kind=_KIND, now=now) is None:
             # A concurrent second step with this token won; the token is single-use.
             raise MfaTokenInvalid("the mfa_token was already used; log in again")
