@@ -165,7 +165,8 @@ def reload_app(app: web.Application, new: Config) -> list[str]:
     app[KEYRING].adopt(keyring)
     app[SESSIONS].cfg = new.tokens
     app[SESSIONS].set_limits(new.limits)
-    restart = [name for name in ("store", "log", "accounts", "email", "identity_providers") if getattr(old, name) != getattr(new, name)]
+    bound_tables = ("store", "log", "accounts", "email", "identity_providers", "mfa", "webauthn")
+    restart = [name for name in bound_tables if getattr(old, name) != getattr(new, name)]
     bound = [f.name for f in dataclasses.fields(old.server) if f.name not in _LIVE_SERVER_KEYS]
     restart += [f"server.{k}" for k in bound if getattr(old.server, k) != getattr(new.server, k)]
     if any(getattr(old.tokens, k) != getattr(new.tokens, k) for k in ("access_ttl", "leeway")):
