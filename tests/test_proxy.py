@@ -650,6 +650,30 @@ async def test_response_204_passes_without_body(
     assert await resp.read() == b""
 
 
+async def test_request_connection_named_headers_without_spaces_are_dropped(gateway: Client) -> None:
+    # "a,b" is a list of two names (RFC 9110 5.6.1): the separator is the comma, not whitespace.
+    data = await seen(await gateway.get("/public/x", headers={
+        "Connection": "keep-alive,X-Hop-One,X-Hop-Two", "X-Hop-One": "1", "X-Hop-Two": "2", "X-Kept": "k",
+    }))  # fmt: skip
+    names = header_names(data)
+    assert "x-hop-one" not in names and "x-hop-two" not in names
+    assert data["headers"]["X-Kept"] == "k"
+
+
+async def test_response_connection_named_headers_without_spaces_are_dropped(
+    make_gateway: MakeGateway, make_config: MakeConfig, raw_upstream: RawUpstream
+) -> None:
+    url, _ = await raw_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive,X-Up-One,X-Up-Two\r\n"
+        b"X-Up-One: 1\r\nX-Up-Two: 2\r\nX-Up-Kept: k\r\n\r\nok"
+    )
+    gw = await make_gateway(make_config(routes=[{"prefix": "/r", "upstream": url, "auth": "public"}]))
+    resp = await gw.get("/r")
+    assert resp.status == 200
+    assert "X-Up-One" not in resp.headers and "X-Up-Two" not in resp.headers
+    assert resp.headers["X-Up-Kept"] == "k"
+
+
 async def test_response_hop_by_hop_headers_are_dropped(
     make_gateway: MakeGateway, make_config: MakeConfig, raw_upstream: RawUpstream
 ) -> None:

@@ -7,6 +7,7 @@ the mutation run's yardstick for sessions.py (bench/mutation).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -390,3 +391,82 @@ async def test_list_sessions_only_live_ones(rig: Rig) -> None:
     rig.clock.advance(13 * 3600)  # past session_ttl (12h) without a refresh
     second = await rig.login()
     assert [s.id for s in await rig.service.list_sessions(first.user.id)] == [second.session.id]
+
+
+# -- what the audit log and the store are told ---------------------------------------------------------
+
+
+def _audits(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
+    return [dict(r.fields) for r in caplog.records if r.name == "gateway.audit" and r.fields["event"] == event]  # type: ignore[attr-defined]
+
+
+async def test_audit_and_answer_of_a_reuse(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.audit")
+    issued = await rig.login()
+    uid, sid = issued.user.id, issued.session.id
+    await rig.service.refresh(issued.refresh_token, ip="")
+    rig.clock.advance(11)
+    with pytest.raises(RefreshReused, match="^this refresh token was already used; the session has been revoked$"):
+        await rig.service.refresh(issued.refresh_token, ip="203.0.113.1")
+    assert _audits(caplog, "reuse_detected") == [
+        {"event": "reuse_detected", "user_id": uid, "session_id": sid, "ip": "203.0.113.1",
+         "reason": "refresh_token_reused"}
+    ]
+    assert _audits(caplog, "session_revoked") == [
+        {"event": "session_revoked", "user_id": uid, "session_id": sid, "ip": "", "reason": "refresh_token_reused"}
+    ]
+
+
+async def test_audit_and_answer_of_a_limited_refresh(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.audit")
+    issued = await rig.login()
+    token = issued.refresh_token
+    for _ in range(5):
+        token = (await rig.service.refresh(token, ip="")).refresh_token
+    with pytest.raises(RateLimited, match="^too many refreshes for this session; try again later$"):
+        await rig.service.refresh(token, ip="198.51.100.7")
+    assert _audits(caplog, "refresh_failure") == [{
+        "event": "refresh_failure", "user_id": issued.user.id, "session_id": issued.session.id, "ip": "198.51.100.7",
+        "reason": "rate_limited",
+    }]  # fmt: skip
+
+
+async def test_audit_and_store_reason_of_revocations(
+    rig: Rig, known_hash: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.audit")
+    one, two, three = await rig.login(), await rig.login(), await rig.login()
+    uid = one.user.id
+    stranger = await _user(rig, "bob@example.com", known_hash)
+    with pytest.raises(NoRoute, match="^no such session$"):
+        await rig.service.revoke_session(one.session.id, reason="logout", user_id=stranger.id)
+    await rig.service.revoke_session(one.session.id, reason="logout", user_id=uid, ip="192.0.2.7")
+    await rig.service.revoke_session(two.session.id, reason="admin")
+    await rig.service.revoke_user(uid, reason="logout_all")
+    assert _audits(caplog, "session_revoked") == [
+        {"event": "session_revoked", "user_id": uid, "session_id": one.session.id, "ip": "192.0.2.7",
+         "reason": "logout"},
+        {"event": "session_revoked", "user_id": None, "session_id": two.session.id, "ip": "", "reason": "admin"},
+        {"event": "session_revoked", "user_id": uid, "session_id": three.session.id, "ip": "", "reason": "logout_all"},
+    ]
+    store = rig.service.store
+    for issued, reason in ((one, "logout"), (two, "admin"), (three, "logout_all")):
+        found = await store.find_session(session_id=issued.session.id)
+        assert found is not None and found.revoked_reason == reason
+
+
+async def test_audit_of_user_changes(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.audit")
+    bob = await rig.service.add_user("bob@example.com", "bobs password")
+    carol = await rig.service.add_user("carol@example.com", "carols password")
+    assert bob.id != carol.id and str(uuid.UUID(bob.id)) == bob.id
+    issued = await rig.login("bob@example.com", "bobs password")
+    await rig.service.set_disabled("bob@example.com", disabled=True)
+    await rig.service.set_disabled("bob@example.com", disabled=False)
+    assert [f["user_id"] for f in _audits(caplog, "user_created")] == [bob.id, carol.id]
+    assert _audits(caplog, "user_disabled") == [{"event": "user_disabled", "user_id": bob.id}]
+    assert _audits(caplog, "user_enabled") == [{"event": "user_enabled", "user_id": bob.id}]
+    assert _audits(caplog, "session_revoked") == [
+        {"event": "session_revoked", "user_id": bob.id, "session_id": issued.session.id, "ip": "",
+         "reason": "user_disabled"}
+    ]
