@@ -21,6 +21,7 @@ import fnmatch
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -103,13 +104,23 @@ def _status(code: int | None) -> str:
     return str(status_by_exit_code[code])
 
 
-def run_module(module: Module, jobs: int) -> dict[str, object]:
+def run_module(module: Module, jobs: int, budget: float | None) -> dict[str, object]:
     work = _workdir(module)
     started = time.monotonic()
-    proc = _mutmut(work, "run", "--max-children", str(jobs), *module.functions, log=work / "mutmut.log")
+    exe = Path(sys.executable).with_name("mutmut")
+    with (work / "mutmut.log").open("w") as sink:
+        proc = subprocess.Popen([str(exe), "run", "--max-children", str(jobs), *module.functions], cwd=work,
+                                stdout=sink, stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            proc.wait(timeout=budget)
+        except subprocess.TimeoutExpired:
+            # mutmut stops its workers and keeps what it judged on SIGINT; the rest is "not run".
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
     seconds = time.monotonic() - started
     (work / "seconds").write_text(f"{seconds:.0f}\n")
-    return collect_module(module, exit_code=proc.returncode)
+    (work / "selection.txt").write_text(" ".join(module.tests) + "\n")
+    return collect_module(module, exit_code=proc.returncode or 0)
 
 
 def collect_module(module: Module, *, exit_code: int = 0) -> dict[str, object]:
@@ -120,23 +131,28 @@ def collect_module(module: Module, *, exit_code: int = 0) -> dict[str, object]:
         log = work / "mutmut.log"
         raise SystemExit(f"bench/mutation: {module.name}: mutmut gave no results (exit {exit_code}); see {log}")
     seconds = float((work / "seconds").read_text()) if (work / "seconds").exists() else 0.0
+    chosen = work / "selection.txt"
+    tests = chosen.read_text().strip() if chosen.exists() else " ".join(module.tests)
     codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
     if module.functions:
         codes = {k: v for k, v in codes.items() if any(fnmatch.fnmatchcase(k, g) for g in module.functions)}
     counts: dict[str, int] = {}
     for code in codes.values():
         counts[_status(code)] = counts.get(_status(code), 0) + 1
-    undetected = ("survived", "no tests", "suspicious", "not checked")
+    undetected = ("survived", "no tests", "suspicious")
     survivors = sorted((k for k, v in codes.items() if _status(v) in undetected), key=_natural)
     diffs = {name: _diff(work, name) for name in survivors}
     detected = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("caught by type check", 0)
     total = len(codes)
     return {
-        "name": module.name, "source": module.source, "tests": " ".join(module.tests), "note": module.note,
+        "name": module.name, "source": module.source, "tests": tests, "note": module.note,
         "total": total, "killed": counts.get("killed", 0), "timeout": counts.get("timeout", 0),
         "survived": counts.get("survived", 0), "no_tests": counts.get("no tests", 0),
-        "other": total - detected - counts.get("survived", 0) - counts.get("no tests", 0),
-        "score": round(100.0 * detected / total, 1) if total else 0.0, "seconds": round(seconds),
+        "not_run": counts.get("not checked", 0),
+        "other": total - detected - sum(counts.get(k, 0) for k in ("survived", "no tests", "not checked")),
+        # Over the mutants that were run: a run stopped by --budget leaves some unjudged.
+        "score": round(100.0 * detected / (total - counts.get("not checked", 0)), 1) if total else 0.0,
+        "seconds": round(seconds),
         "survivors": diffs, "exit": exit_code,
     }  # fmt: skip
 
@@ -154,15 +170,14 @@ def _diff(work: Path, name: str) -> str:
 
 
 def _render(results: list[dict[str, object]]) -> str:
-    rows = [
-        "| module | file | fast tests | mutants | killed | timeout | survived | no tests | other | score | time |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
+    head = ("module", "file", "fast tests", "mutants", "not run", "killed", "timeout", "survived", "no tests", "other",
+            "score", "time")  # fmt: skip
+    rows = ["| " + " | ".join(head) + " |", "| --- | --- | --- |" + " ---: |" * (len(head) - 3)]
     for r in results:
-        rows.append(
-            f"| {r['name']} | `{r['source']}` | `{r['tests']}` | {r['total']} | {r['killed']} | {r['timeout']} | "
-            f"{r['survived']} | {r['no_tests']} | {r['other']} | **{r['score']} %** | {r['seconds']} s |"
-        )
+        cells = [r["name"], f"`{r['source']}`", f"`{r['tests']}`", r["total"], r.get("not_run", 0), r["killed"],
+                 r["timeout"], r["survived"], r["no_tests"], r["other"], f"**{r['score']} %**",
+                 f"{r['seconds']} s"]  # fmt: skip
+        rows.append("| " + " | ".join(str(c) for c in cells) + " |")
     parts = [BEGIN, "", *rows, ""]
     for r in results:
         if r["note"]:
@@ -213,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="mutant worker processes (default 2)")
     parser.add_argument("--list", action="store_true", help="print the modules and their fast tests")
     parser.add_argument("--collect", action="store_true", help="only read the last run's results into the report")
+    parser.add_argument("--budget", type=float, help="seconds per module; mutants not reached are reported as not run")
     args = parser.parse_args(argv)
     known = {m.name: m for m in MODULES}
     if args.list:
@@ -227,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for module in chosen:
         print(f"bench/mutation: {module.name} ({module.source}) ...", file=sys.stderr, flush=True)
-        result = collect_module(module) if args.collect else run_module(module, args.jobs)
+        result = collect_module(module) if args.collect else run_module(module, args.jobs, args.budget)
         print(f"bench/mutation: {module.name}: {result['score']} % of {result['total']} in {result['seconds']} s",
               file=sys.stderr, flush=True)  # fmt: skip
         results.append(result)

@@ -113,3 +113,18 @@ def test_upstream_path_strip_prefix(tmp_path: Path) -> None:
     # The prefix is cut in its encoded form, never half an escape.
     assert RouteTable.upstream_path(odd, normalize_target("/caf%C3%A9;x/z%20").encoded) == "/z%20"
     assert RouteTable.upstream_path(odd, normalize_target("/caf%C3%A9;x").encoded) == "/"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [("api/x", "the request target must be a path"), ("/a%zz", "the path has a broken percent-escape"),
+     ("/a%00b", "the path contains a NUL byte")],
+)  # fmt: skip
+def test_normalize_target_refusals_say_why(raw: str, message: str) -> None:
+    with pytest.raises(BadRequest, match=f"^{message}$"):
+        normalize_target(raw)
+
+
+def test_normalize_target_keeps_a_trailing_slash_while_resolving() -> None:
+    assert normalize_target("//a/b/").path == "/a/b/"
+    assert normalize_target("/a/./b/").path == "/a/b/"
