@@ -22,7 +22,7 @@ from gateway.log import audit
 from gateway.middleware import error_response
 from gateway.sessions import Issued
 
-__all__ = ["AUTH_BODY_LIMIT", "auth_endpoints", "set_session_cookies"]
+__all__ = ["AUTH_BODY_LIMIT", "auth_endpoints", "read_raw_body", "set_session_cookies"]
 
 AUTH_BODY_LIMIT = 16 * 1024
 AUTH_BODY_TIMEOUT = 10.0
@@ -30,8 +30,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _TRUE = {"1", "true", "on", "yes"}
 
 
-async def _read_body(request: web.Request) -> dict[str, Any]:
-    """A JSON object or a urlencoded form; anything else is a 400, over 16 KiB a 413, too slow a 408."""
+async def read_raw_body(request: web.Request) -> bytes:
+    """The whole body of an /auth request: over 16 KiB a 413, slower than 10 s a 408."""
     if request.content_length is not None and request.content_length > AUTH_BODY_LIMIT:
         raise PayloadTooLarge(f"the body is larger than {AUTH_BODY_LIMIT} bytes")
     raw = b""
@@ -44,6 +44,12 @@ async def _read_body(request: web.Request) -> dict[str, Any]:
         raise RequestTimeout("the request body did not arrive in time") from exc
     if len(raw) > AUTH_BODY_LIMIT:
         raise PayloadTooLarge(f"the body is larger than {AUTH_BODY_LIMIT} bytes")
+    return raw
+
+
+async def _read_body(request: web.Request) -> dict[str, Any]:
+    """A JSON object or a urlencoded form; anything else is a 400, over 16 KiB a 413, too slow a 408."""
+    raw = await read_raw_body(request)
     if not raw.strip():
         return {}
     ctype = request.content_type

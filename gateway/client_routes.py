@@ -6,7 +6,6 @@ token without `Cache-Control: no-store`.
 
 from __future__ import annotations
 
-import asyncio
 import binascii
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import parse_qs, unquote_plus
@@ -14,15 +13,14 @@ from urllib.parse import parse_qs, unquote_plus
 from aiohttp import BasicAuth, web
 
 from gateway.auth import client_ip
+from gateway.auth_routes import read_raw_body
 from gateway.clients import ClientService, FailureThrottle
-from gateway.errors import BadRequest, InvalidClient, PayloadTooLarge, RequestTimeout, UnsupportedGrantType
+from gateway.errors import BadRequest, InvalidClient, UnsupportedGrantType
 from gateway.keys import CLIENTS, CLOCK, CONFIG, KEYRING, STORE
 
 __all__ = ["client_endpoints", "clients_ctx"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_BODY_LIMIT = 16 * 1024
-_BODY_TIMEOUT = 10.0
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -30,17 +28,7 @@ async def _form(request: web.Request) -> dict[str, str]:
     """The urlencoded body; a repeated parameter, another media type or a bad encoding is invalid_request."""
     if request.content_type != "application/x-www-form-urlencoded":
         raise BadRequest("the token request must be application/x-www-form-urlencoded")
-    if request.content_length is not None and request.content_length > _BODY_LIMIT:
-        raise PayloadTooLarge(f"the body is larger than {_BODY_LIMIT} bytes")
-    raw = b""
-    try:
-        async with asyncio.timeout(_BODY_TIMEOUT):
-            while len(raw) <= _BODY_LIMIT and (chunk := await request.content.read(_BODY_LIMIT + 1 - len(raw))):
-                raw += chunk
-    except TimeoutError as exc:
-        raise RequestTimeout("the request body did not arrive in time") from exc
-    if len(raw) > _BODY_LIMIT:
-        raise PayloadTooLarge(f"the body is larger than {_BODY_LIMIT} bytes")
+    raw = await read_raw_body(request)
     try:
         parsed = parse_qs(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(raw), max_num_fields=16)
     except (UnicodeDecodeError, ValueError) as exc:
