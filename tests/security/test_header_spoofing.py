@@ -22,14 +22,15 @@ from tests.support import FakeClock, build_config, mint
 Client = TestClient[Any, Any]
 EVIL = "ATTACKER"
 # Names the gateway sets, folded; a client copy of any of them in any spelling must not pass.
-PROTECTED = {"x-user-id", "x-user-email", "x-session-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
-             "x-request-id"}  # fmt: skip
+PROTECTED = {"x-user-id", "x-user-email", "x-session-id", "x-user-roles", "x-client-id", "x-token-scopes",
+             "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"}  # fmt: skip
 # Every spelling a WSGI/CGI server (HTTP_X_USER_ID) or PHP ($_SERVER, which also maps `.`) reads as ours.
 SPELLINGS = [
     "X_User_Id", "x_user_id", "X-User_Id", "X_USER_ID", "X.User.Id", "x.user-id", "x-USER-id", "X-User-Id",
     "X_User_Email", "X.User.Email", "x-user-email", "X_Session_Id", "X-Session.Id",
     "X_Forwarded_Proto", "X-Forwarded_Host", "X.Forwarded.For", "X-Forwarded-Proto", "X-Forwarded-Host",
     "X-Forwarded-For", "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Forwarded-Server", "X_Forwarded_Prefix",
+    "X-User-Roles", "X_User_Roles", "x.user.roles", "X-Client-Id", "X_Client_Id", "X-Token-Scopes", "X.Token_Scopes",
     "Forwarded", "X-Real-IP", "X_Real_IP", "x-real.ip", "X_Request_Id",
 ]  # fmt: skip
 
@@ -127,14 +128,17 @@ def assert_no_forgery(recorder: Recorder, answer: bytes, *, authenticated: bool)
     # Every protected field the upstream got is spelled the gateway's way, never a client's variant.
     for (name, _), f in zip(fields, folded, strict=True):
         if f in PROTECTED:
-            assert name in {"X-User-Id", "X-User-Email", "X-Session-Id", "X-Forwarded-For", "X-Forwarded-Proto",
-                            "X-Forwarded-Host", "X-Request-Id"}, head  # fmt: skip
+            assert name in {"X-User-Id", "X-User-Email", "X-Session-Id", "X-User-Roles", "X-Forwarded-For",
+                            "X-Forwarded-Proto", "X-Forwarded-Host", "X-Request-Id"}, head  # fmt: skip
     values = {fold(n): v for n, v in fields}
     if authenticated:
         assert values["x-user-id"] == "user-1"
         assert values["x-session-id"] == "session-1"
+        assert values["x-user-roles"] == ""  # the minted token has no roles; the client's "ATTACKER" is gone
     else:
-        assert "x-user-id" not in values
+        assert "x-user-id" not in values and "x-user-roles" not in values
+    # A user's request never carries the machine-client headers, whatever the client wrote.
+    assert "x-client-id" not in values and "x-token-scopes" not in values
     assert values["x-forwarded-for"] == "127.0.0.1"
     assert values["x-forwarded-proto"] == "http"
     assert values["x-forwarded-host"] == "127.0.0.1"
