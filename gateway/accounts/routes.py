@@ -69,23 +69,25 @@ async def _signup(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "pending"}, status=202, headers=_NO_STORE)
 
 
-async def _resend(request: web.Request) -> web.StreamResponse:
+async def _email_only(request: web.Request) -> tuple[object, str]:
+    """The `email` of a request that names only an address (resend, forgot), and the client address."""
     cfg = request.app[CONFIG]
     _guard(request, cfg)
     data = await _read_body(request)
     if "email" not in data:
         raise BadRequest("email is required")
-    await request.app[ACCOUNTS].resend_verification(data["email"], ip=client_ip(request, cfg))
+    return data["email"], client_ip(request, cfg)
+
+
+async def _resend(request: web.Request) -> web.StreamResponse:
+    email, ip = await _email_only(request)
+    await request.app[ACCOUNTS].resend_verification(email, ip=ip)
     return web.json_response({"status": "pending"}, status=202, headers=_NO_STORE)
 
 
 async def _forgot(request: web.Request) -> web.StreamResponse:
-    cfg = request.app[CONFIG]
-    _guard(request, cfg)
-    data = await _read_body(request)
-    if "email" not in data:
-        raise BadRequest("email is required")
-    await request.app[ACCOUNTS].forgot_password(data["email"], ip=client_ip(request, cfg))
+    email, ip = await _email_only(request)
+    await request.app[ACCOUNTS].forgot_password(email, ip=ip)
     return web.json_response({"status": "pending"}, status=202, headers=_NO_STORE)
 
 
