@@ -17,6 +17,7 @@ mutant-name globs), and the fast test selection (pytest arguments) it is judged 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import fnmatch
 import json
 import re
@@ -31,6 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "mutation"
 REPORT = ROOT / "bench" / "MUTATION.md"
+# Every module's last result, committed beside the report, so a run of some modules (here or in a fresh
+# clone) keeps the others' rows instead of starting the table afresh.
+RESULTS = ROOT / "bench" / "MUTATION.json"
 BEGIN, END = "<!-- mutation results: begin (written by bench/mutation) -->", "<!-- mutation results: end -->"
 
 
@@ -211,16 +215,19 @@ def _render(results: list[dict[str, object]]) -> str:
     return "\n".join(parts)
 
 
-def _merge(new: list[dict[str, object]]) -> list[dict[str, object]]:
-    """Earlier results of modules not run now are kept (bench/out/mutation/results.json)."""
-    store = OUT / "results.json"
-    old = json.loads(store.read_text()) if store.exists() else []
-    by_name = {r["name"]: r for r in old}
-    by_name.update({r["name"]: r for r in new})
-    order = [m.name for m in MODULES]
-    merged = sorted(by_name.values(), key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
-    store.write_text(json.dumps(merged, indent=1, ensure_ascii=False))
-    return merged
+def _merge_and_report(new: list[dict[str, object]]) -> None:
+    """Earlier results of modules not run now are kept (bench/MUTATION.json). Runs of different modules
+    may finish at the same moment, so the read-merge-write is done under a lock."""
+    with (OUT / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+        by_name = {r["name"]: r for r in old}
+        by_name.update({r["name"]: r for r in new})
+        order = [m.name for m in MODULES]
+        known = [r for r in by_name.values() if r["name"] in order]  # a module dropped from MODULES goes
+        merged = sorted(known, key=lambda r: order.index(r["name"]))
+        RESULTS.write_text(json.dumps(merged, indent=1, ensure_ascii=False) + "\n")
+        _write_report(merged)
 
 
 def _write_report(results: list[dict[str, object]]) -> None:
@@ -258,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/mutation: {module.name}: {result['score']} % of {result['total']} in {result['seconds']} s",
               file=sys.stderr, flush=True)  # fmt: skip
         results.append(result)
-        _write_report(_merge([result]))
+        _merge_and_report([result])
     return 0
 
 
