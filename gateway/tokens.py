@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.config import TokenConfig
 from gateway.errors import ConfigError, TokenExpired, TokenInvalid
+from gateway.jwt_algorithms import install as _install_jwt_algorithms
 
 __all__ = [
     "KeyRing",
@@ -30,6 +31,9 @@ __all__ = [
     "hash_refresh_token",
     "new_refresh_token",
 ]
+
+# HS* keys are checked once per key, not once per token (see jwt_algorithms.py).
+_install_jwt_algorithms()
 
 _TYP = "at+jwt"
 _REQUIRED = ["exp", "iat", "sub", "jti", "iss", "aud"]  # and `sid`, except in a machine client's token
