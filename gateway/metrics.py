@@ -62,6 +62,7 @@ class Metrics:
         self._pending_requests: dict[tuple[str, str, int], int] = {}
         self._pending_auth: dict[tuple[str, str], int] = {}
         self._pending_upstream: dict[str, list[float]] = {}  # per bucket counts, then the sum
+        self._session_children: dict[tuple[str, str], Any] = {}
 
     def flush(self) -> None:
         """Moves the locally summed counts into the prometheus-client metrics."""
@@ -147,7 +148,13 @@ class Metrics:
         if target is None:
             return
         name, label = target
-        getattr(self, name).labels(label or reason or "ok").inc()
+        # One labels() lookup per distinct (counter, value): a refresh counts one of these each time, and
+        # the values are the gateway's own reason codes, so the cache stays small.
+        key = (name, label or reason or "ok")
+        child = self._session_children.get(key)
+        if child is None:
+            child = self._session_children[key] = getattr(self, name).labels(key[1])
+        child.inc()
         if event == "reuse_detected":
             self.reuse.inc()
 
