@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from gateway.config import Config
 from gateway.errors import BadRequest, CsrfFailed, TokenInvalid, TokenMissing
@@ -61,7 +61,7 @@ def client_ip(request: web.BaseRequest, cfg: Config) -> str:
     peer = _peer(request)
     if not peer_trusted(request, cfg):
         return peer
-    hops = [h.strip() for v in request.headers.getall("X-Forwarded-For", []) for h in v.split(",") if h.strip()]
+    hops = [h.strip() for v in request.headers.getall(hdrs.X_FORWARDED_FOR, []) for h in v.split(",") if h.strip()]
     for hop in reversed(hops):
         try:
             addr = ipaddress.ip_address(hop)
@@ -77,18 +77,18 @@ def own_origin(request: web.BaseRequest, cfg: Config) -> str:
     if cfg.server.public_origin:
         return cfg.server.public_origin
     scheme = "https" if request.secure else "http"
-    host = request.headers.get("Host", "")
+    host = request.headers.get(hdrs.HOST, "")
     if peer_trusted(request, cfg):
-        scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip().lower() or scheme
-        host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip() or host
+        scheme = request.headers.get(hdrs.X_FORWARDED_PROTO, scheme).split(",")[0].strip().lower() or scheme
+        host = request.headers.get(hdrs.X_FORWARDED_HOST, host).split(",")[0].strip() or host
     return f"{scheme}://{host.lower()}"
 
 
 def check_origin(request: web.BaseRequest, cfg: Config) -> None:
     """Raises CsrfFailed unless Origin (else Referer) names the gateway itself or a trusted origin."""
-    origin = request.headers.get("Origin")
+    origin = request.headers.get(hdrs.ORIGIN)
     if origin is None:
-        referer = request.headers.get("Referer")
+        referer = request.headers.get(hdrs.REFERER)
         if referer:
             parts = urlsplit(referer)
             origin = f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else None
@@ -101,7 +101,7 @@ def check_origin(request: web.BaseRequest, cfg: Config) -> None:
 
 def extract_token(request: web.BaseRequest, cfg: Config) -> tuple[str | None, bool]:
     """(token, came_from_cookie): Bearer first, then the access cookie; two Authorization headers are 400."""
-    values = request.headers.getall("Authorization", ())
+    values = request.headers.getall(hdrs.AUTHORIZATION, ())
     if len(values) > 1:
         raise BadRequest("more than one Authorization header")
     if values:
@@ -127,7 +127,7 @@ _MISSING = object()
 
 
 def _access_cookie(request: web.BaseRequest, name: str) -> str | None:
-    header = request.headers.get("Cookie")
+    header = request.headers.get(hdrs.COOKIE)
     if header is None:
         return None
     key = (header, name)
@@ -155,7 +155,7 @@ def authenticate(request: web.Request, *, required: bool, csrf: bool = True) -> 
         raise TokenInvalid("the session of this access token was revoked")
     if app[GRANTS].refuses(principal.sub, principal.rv):
         raise TokenInvalid("the roles or the client of this access token changed; refresh it")
-    if csrf and from_cookie and (request.method in UNSAFE_METHODS or request.headers.get("Upgrade", "").lower() == "websocket"):
+    if csrf and from_cookie and (request.method in UNSAFE_METHODS or request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"):
         check_origin(request, cfg)
     request[PRINCIPAL] = principal
     return principal

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType, hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -104,7 +104,7 @@ class Forwarder:
 
     def response_headers(self, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
         """Upstream headers minus hop-by-hop and minus any Set-Cookie naming a gateway cookie."""
-        named = {t.strip().lower() for v in upstream.headers.getall("Connection", ()) for t in v.split(",")}
+        named = {t.strip().lower() for v in upstream.headers.getall(hdrs.CONNECTION, ()) for t in v.split(",")}
         out: CIMultiDict[str] = CIMultiDict()
         for name, value in upstream.headers.items():
             low = name.lower()
