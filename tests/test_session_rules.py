@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 from argon2 import PasswordHasher
 
+import gateway.passwords
 from gateway.errors import (
     BadRequest,
     Conflict,
+    EmailNotVerified,
     InvalidCredentials,
     NoRoute,
     RateLimited,
@@ -63,10 +65,22 @@ async def _rig(tmp_path: Path, **tables: Any) -> AsyncIterator[Rig]:
         await store.aclose()
 
 
+# The session rules do not depend on argon2's cost, but at the gateway's 64 MiB x 3 passes every login
+# here would take a quarter of a second; with the cheapest parameters the module runs in seconds, so the
+# mutation run (bench/mutation sessions) can afford it. test_sessions_http.py checks the real parameters
+# ($argon2id$v=19$m=65536,t=3,p=1$) end to end.
+_CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+
+@pytest.fixture(autouse=True)
+def _cheap_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway.passwords, "_HASHER", _CHEAP)
+
+
 @pytest.fixture(scope="module")
 def known_hash() -> str:
-    """PASSWORD hashed once for the module with the gateway's parameters (they live in the hash)."""
-    return PasswordHasher(time_cost=3, memory_cost=64 * 1024, parallelism=1).hash(PASSWORD)
+    """PASSWORD hashed once for the module (argon2 verifies with the parameters stored in the hash)."""
+    return _CHEAP.hash(PASSWORD)
 
 
 async def _user(rig: Rig, email: str, password_hash: str) -> UserRecord:
@@ -147,6 +161,12 @@ async def test_add_user_stores_the_trimmed_email_and_audits(rig: Rig) -> None:
     assert (await rig.service.get_user("BOB@example.com")).id == user.id
     with pytest.raises(Conflict):
         await rig.service.add_user("bob@EXAMPLE.com", "another password")
+
+
+async def test_check_password_of_a_user(rig: Rig) -> None:
+    user = await rig.service.get_user(EMAIL)
+    assert await rig.service.check_password_of(user, PASSWORD) is True
+    assert await rig.service.check_password_of(user, "wrong password!") is False
 
 
 async def test_get_user_unknown_is_no_route(rig: Rig) -> None:
@@ -470,3 +490,193 @@ async def test_audit_of_user_changes(rig: Rig, caplog: pytest.LogCaptureFixture)
         {"event": "session_revoked", "user_id": bob.id, "session_id": issued.session.id, "ip": "",
          "reason": "user_disabled"}
     ]
+
+
+async def test_audit_of_a_logout_all_names_the_callers_address(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.audit")
+    one, two = await rig.login(), await rig.login()
+    revoked = await rig.service.revoke_user(one.user.id, reason="logout_all", ip="198.51.100.20")
+    assert sorted(revoked) == sorted([one.session.id, two.session.id])
+    assert sorted(_audits(caplog, "session_revoked"), key=lambda f: f["session_id"]) == sorted(
+        [{"event": "session_revoked", "user_id": one.user.id, "session_id": s, "ip": "198.51.100.20",
+          "reason": "logout_all"} for s in (one.session.id, two.session.id)],
+        key=lambda f: f["session_id"],
+    )  # fmt: skip
+    assert rig.revoked == [revoked]
+
+
+# -- what the client is told (error_description) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [(lambda: normalize_email(7), "email must be a string"),
+     (lambda: normalize_email("alice"), "email is not a valid address"),
+     (lambda: normalize_email("al ice@example.com"), "email must not contain spaces or control characters"),
+     (lambda: check_password(12345678), "password must be a string"),
+     (lambda: check_password("short"), "password must be 8 to 1024 characters")],
+)  # fmt: skip
+def test_email_and_password_refusals_say_why(call: Any, message: str) -> None:
+    with pytest.raises(BadRequest, match=f"^{message}$"):
+        call()
+
+
+def test_normalize_email_domain_is_what_follows_the_last_at() -> None:
+    # "example.com@localhost" is not the domain: the part after the last "@" is, and it has no dot
+    with pytest.raises(BadRequest):
+        normalize_email("alice@example.com@localhost")
+    # a one-letter first label is a domain like any other (the dot check strips only dots)
+    assert normalize_email("elon@X.com") == ("elon@X.com", "elon@x.com")
+
+
+async def test_login_refusals_say_why(rig: Rig) -> None:
+    with pytest.raises(BadRequest, match="^password must be a string of 1 to 1024 characters$"):
+        await rig.login(password="")
+    # 1024 characters is a well-formed (here: wrong) password, not a malformed request
+    with pytest.raises(InvalidCredentials, match="^the email or password is wrong$"):
+        await rig.login(password="x" * 1024)
+    with pytest.raises(InvalidCredentials, match="^the email or password is wrong$"):
+        await rig.login("nobody@example.com")
+    with pytest.raises(InvalidCredentials):
+        await rig.login(password="wrong password!")
+    with pytest.raises(RateLimited, match="^too many failed login attempts; try again later$"):
+        await rig.login()
+
+
+async def test_get_user_unknown_names_the_trimmed_email(rig: Rig) -> None:
+    with pytest.raises(NoRoute, match="^no user with email nobody@example.com$"):
+        await rig.service.get_user("  nobody@example.com ")
+
+
+async def test_refresh_refusal_names_the_stores_reason(rig: Rig) -> None:
+    with pytest.raises(RefreshRejected, match=r"^the refresh token is invalid \(unknown\)$"):
+        await rig.service.refresh("not-a-token", ip="")
+    issued = await rig.login()
+    await rig.service.revoke_session(issued.session.id, reason="logout")
+    with pytest.raises(RefreshRejected, match=r"^the refresh token is invalid \(revoked\)$"):
+        await rig.service.refresh(issued.refresh_token, ip="")
+
+
+# -- what the audit log is told about logins and refreshes -------------------------------------------
+
+
+async def test_audit_of_login_failures_and_success(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.audit")
+    uid = (await rig.service.get_user(EMAIL)).id
+    with pytest.raises(InvalidCredentials):
+        await rig.login(password="wrong password!", ip="198.51.100.1")
+    with pytest.raises(InvalidCredentials):
+        await rig.login("nobody@example.com", ip="198.51.100.2")
+    issued = await rig.login(ip="198.51.100.3")
+    assert _audits(caplog, "login_failure") == [
+        {"event": "login_failure", "user_id": uid, "ip": "198.51.100.1", "reason": "wrong_password"},
+        {"event": "login_failure", "user_id": None, "ip": "198.51.100.2", "reason": "unknown_email"},
+    ]
+    assert _audits(caplog, "login_success") == [
+        {"event": "login_success", "user_id": uid, "session_id": issued.session.id, "ip": "198.51.100.3"}
+    ]
+
+
+async def test_audit_of_a_limited_login(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    for _ in range(3):
+        with pytest.raises(InvalidCredentials):
+            await rig.login(password="wrong password!", ip="203.0.113.8")
+    caplog.set_level(logging.INFO, logger="gateway.audit")
+    with pytest.raises(RateLimited):
+        await rig.login(ip="203.0.113.8")
+    assert _audits(caplog, "login_failure") == [
+        {"event": "login_failure", "ip": "203.0.113.8", "reason": "rate_limited"}
+    ]
+
+
+async def test_audit_of_refreshes(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.audit")
+    issued = await rig.login()
+    uid, sid = issued.user.id, issued.session.id
+    await rig.service.refresh(issued.refresh_token, ip="192.0.2.9")
+    await rig.service.revoke_session(sid, reason="logout")
+    with pytest.raises(RefreshRejected):
+        await rig.service.refresh(issued.refresh_token, ip="192.0.2.10")
+    with pytest.raises(RefreshRejected):
+        await rig.service.refresh("not-a-token", ip="192.0.2.11")
+    assert _audits(caplog, "refresh") == [
+        {"event": "refresh", "user_id": uid, "session_id": sid, "ip": "192.0.2.9", "reason": "rotated"}
+    ]
+    assert _audits(caplog, "refresh_failure") == [
+        {"event": "refresh_failure", "user_id": uid, "session_id": sid, "ip": "192.0.2.10", "reason": "revoked"},
+        {"event": "refresh_failure", "user_id": None, "session_id": None, "ip": "192.0.2.11", "reason": "unknown"},
+    ]
+    assert rig.events[-1] == ("refresh_failure", "unknown")
+
+
+async def test_audit_of_a_password_change_names_the_user(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.audit")
+    issued = await rig.login()
+    await rig.service.set_password(EMAIL, "a brand new password")
+    assert _audits(caplog, "session_revoked") == [
+        {"event": "session_revoked", "user_id": issued.user.id, "session_id": issued.session.id, "ip": "",
+         "reason": "password_changed"}
+    ]  # fmt: skip
+
+
+# -- what the session and its access tokens carry ------------------------------------------------
+
+
+async def test_login_session_says_password_and_no_provider(rig: Rig) -> None:
+    issued = await rig.login()
+    assert (issued.session.amr, issued.session.idp) == (("pwd",), "")
+    principal = rig.service.keys.verify_access_token(issued.access_token, now=rig.clock.now)
+    assert (principal.amr, principal.idp, principal.roles, principal.rv) == (("pwd",), "", (), 0)
+
+
+async def test_start_session_carries_methods_provider_and_roles_into_tokens(rig: Rig) -> None:
+    user = await rig.service.get_user(EMAIL)
+    user = await rig.service.store.set_user_roles(user.id, ("ops", "admin"), now=rig.clock.now)
+    assert user is not None and user.roles_version == 1
+    issued = await rig.service.start_session(
+        user, remember_me=False, user_agent="ua", ip="192.0.2.1", amr=("pwd", "otp", "mfa"), idp="corp"
+    )
+    stored = await rig.service.store.find_session(session_id=issued.session.id)
+    assert stored is not None and (stored.amr, stored.idp) == (("pwd", "otp", "mfa"), "corp")
+    for token in (issued.access_token, (await rig.service.refresh(issued.refresh_token, ip="")).access_token):
+        principal = rig.service.keys.verify_access_token(token, now=rig.clock.now)
+        assert (principal.amr, principal.idp) == (("pwd", "otp", "mfa"), "corp")
+        assert (principal.roles, principal.rv) == (("admin", "ops"), 1)
+
+
+async def test_refresh_max_age_is_zero_in_the_last_second(tmp_path: Path, known_hash: str) -> None:
+    tokens = {"secret": "s" * 40, "access_ttl": "1m", "refresh_ttl": "30d", "absolute_ttl": "10m", "leeway": "0s"}
+    async for r in _rig(tmp_path, tokens=tokens):
+        await _user(r, EMAIL, known_hash)
+        issued = await r.login(remember_me=True)
+        r.clock.advance(599.5)
+        # the refresh cookie must not outlive the session: under a second left is Max-Age=0, not 1
+        assert (await r.service.refresh(issued.refresh_token, ip="")).refresh_max_age == 0
+
+
+async def test_login_with_require_verified_email(
+    tmp_path: Path, known_hash: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway.store import EmailToken, NewMail
+
+    tokens = {"secret": "s" * 40, "leeway": "0s"}
+    async for r in _rig(tmp_path, tokens=tokens, accounts={"require_verified_email": True}):
+        store = r.service.store
+        await store.signup_user(
+            user_id="u-new", email=EMAIL, email_key=EMAIL, password_hash=known_hash, now=r.clock.now,
+            token=EmailToken("h" * 64, "verify", r.clock.now + 100),
+            mail=NewMail("no-reply@example.com", EMAIL, "Subject: verify\r\n\r\nlink"),
+        )  # fmt: skip
+        caplog.set_level(logging.INFO, logger="gateway.audit")
+        with pytest.raises(InvalidCredentials):  # a wrong password is told nothing about verification
+            await r.login(password="wrong password!")
+        with pytest.raises(
+            EmailNotVerified, match="^the email address is not verified yet; follow the link in the mail$"
+        ):
+            await r.login(ip="192.0.2.44")
+        assert _audits(caplog, "login_failure")[-1] == {
+            "event": "login_failure", "user_id": "u-new", "ip": "192.0.2.44", "reason": "email_not_verified"
+        }  # fmt: skip
+        assert r.events[-1] == ("login_failure", "email_not_verified")
+        await store.set_email_verified("u-new", now=r.clock.now)
+        assert (await r.login()).user.id == "u-new"
