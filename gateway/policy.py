@@ -256,7 +256,8 @@ def _compile_rule(raw: object, path: str, *, deny: bool, problems: list[str]) ->
             checks.append((2, lambda c, m, p, a, s=emails: bool(c.email) and _fold(c.email) in s))
         elif name == "email_domains":
             domains = _strings(value, key, problems)
-            if any("@" in d or not d.strip(".") for d in domains):
+            # Judged as compiled (trimmed, dots stripped): " " or "." would compile to the empty domain.
+            if any("@" in d or not d.strip().strip(".") for d in domains):
                 problems.append(f"{key}: a domain is written without \"@\", like \"example.com\"")
             folded = frozenset(_fold(d.strip().strip(".")) for d in domains)
             checks.append((2, lambda c, m, p, a, s=folded: _fold(c.email.rpartition("@")[2]) in s if c.email else False))
