@@ -37,6 +37,7 @@ from gateway.grants import StaleGrants
 from gateway.keys import (
     ACCOUNTS,
     CLIENT,
+    CLIENTS,
     CLOCK,
     CONFIG,
     GRANTS,
@@ -50,6 +51,7 @@ from gateway.keys import (
     SESSIONS,
     STORE,
     UPSTREAM_POOL,
+    WEBSOCKET_GRANTS,
     WEBSOCKETS,
 )
 from gateway.log import store_log
@@ -165,6 +167,7 @@ def reload_app(app: web.Application, new: Config) -> list[str]:
     app[KEYRING].adopt(keyring)
     app[SESSIONS].cfg = new.tokens
     app[SESSIONS].set_limits(new.limits)
+    app[CLIENTS].throttle.set_rate(new.limits.login)
     bound_tables = ("store", "log", "accounts", "email", "identity_providers", "mfa", "webauthn")
     restart = [name for name in bound_tables if getattr(old, name) != getattr(new, name)]
     bound = [f.name for f in dataclasses.fields(old.server) if f.name not in _LIVE_SERVER_KEYS]
@@ -198,6 +201,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     app[REVOKED] = RevokedSessions()
     app[GRANTS] = StaleGrants()
     app[WEBSOCKETS] = {}
+    app[WEBSOCKET_GRANTS] = {}
     prefix = config.server.auth_prefix
     endpoints: dict[str, dict[str, Handler]] = {
         **auth_routes.auth_endpoints(prefix),

@@ -4,8 +4,8 @@ A client secret is 256 random bits, shown once and stored as an HMAC-SHA256 hash
 random a fast hash is as strong as argon2 and keeps every token request off the password threads.
 Hashes are compared with `hmac.compare_digest`, and an unknown client id is checked against a dummy
 hash, so the answer's timing does not tell which ids exist. Failed authentications are throttled per
-client address and per client id like failed logins, through `FailureThrottle` (the one seam to
-re-point when limits move into the store). Removing a client logs it in the store's grant-change
+client address and per client id like failed logins, through `FailureThrottle` (counted in the
+store at `limits.login`, re-read on reload). Removing a client logs it in the store's grant-change
 log, so every instance refuses its tokens within its poll interval.
 
 Must not: import aiohttp, or hold a secret in plaintext anywhere but the one answer to `add`.
@@ -52,6 +52,10 @@ class FailureThrottle:
 
     def __init__(self, store: Store, rate: Rate) -> None:
         self._store = store
+        self._rate = rate
+
+    def set_rate(self, rate: Rate) -> None:
+        """(Re)applies the rate on reload; the counts live in the store and carry over."""
         self._rate = rate
 
     @staticmethod

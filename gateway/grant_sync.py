@@ -14,8 +14,11 @@ from aiohttp import web
 from gateway.errors import StoreError
 from gateway.keys import CLOCK, CONFIG, GRANTS, STORE
 from gateway.log import store_log
+from gateway.proxy import close_stale_websockets
 
 __all__ = ["grants_ctx"]
+
+_closing: set[asyncio.Task[None]] = set()  # close tasks in flight, kept from the garbage collector
 
 
 async def grants_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -33,6 +36,10 @@ async def grants_ctx(app: web.Application) -> AsyncIterator[None]:
             grants.raise_to(change.subject, change.version, at=now)
         if changes:
             grants.last_seq = changes[-1].seq
+            # In the background: each close waits for its peer, and the poll must keep its pace.
+            task = asyncio.get_running_loop().create_task(close_stale_websockets(app, grants.refuses))
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
 
     await catch_up(app[CLOCK]() - window)
     interval = cfg.server.revocation_poll.total_seconds()

@@ -44,6 +44,7 @@ __all__ = [
     "SESSIONS",
     "STORE",
     "WEBSOCKETS",
+    "WEBSOCKET_GRANTS",
     "UPSTREAM_POOL",
 ]
 
@@ -68,6 +69,9 @@ GRANTS = web.AppKey("grants", StaleGrants)
 CLIENTS = web.AppKey("clients", ClientService)
 # Open proxied WebSockets by session id, so a revocation can close them at once.
 WEBSOCKETS = web.AppKey("websockets", dict[str, set[web.WebSocketResponse]])
+# The same sockets by the subject and grant version (`rv`) of the token that opened them, so a role
+# change or a removed machine client closes them as it refuses the older tokens.
+WEBSOCKET_GRANTS = web.AppKey("websocket_grants", dict[web.WebSocketResponse, tuple[str, int]])
 # Keep-alive connections for plain HTTP forwarding (WebSockets use CLIENT).
 UPSTREAM_POOL = web.AppKey("upstream_pool", UpstreamPool)
 

@@ -21,13 +21,13 @@ from gateway.auth import peer_trusted
 from gateway.config import Config, RouteConfig
 from gateway.errors import RequestTimeout, UpstreamError, UpstreamTimeout
 from gateway.headers import HOP_BY_HOP, HeaderPolicy, Identity, RequestFacts
-from gateway.keys import CLIENT, REQUEST_ID, UPSTREAM_POOL, UPSTREAM_SECONDS, WEBSOCKETS
+from gateway.keys import CLIENT, REQUEST_ID, UPSTREAM_POOL, UPSTREAM_SECONDS, WEBSOCKET_GRANTS, WEBSOCKETS
 from gateway.log import proxy_log
 from gateway.paths import RouteTable, Target
 from gateway.tokens import Principal
 from gateway.upstream_pool import UpstreamBroken, UpstreamResponse, UpstreamStalled
 
-__all__ = ["HOP_BY_HOP", "WS_CLOSE_REVOKED", "Forwarder", "close_websockets"]
+__all__ = ["HOP_BY_HOP", "WS_CLOSE_REVOKED", "Forwarder", "close_stale_websockets", "close_websockets"]
 
 _SMALL_BODY = 64 * 1024
 # Close codes that are legal to send in a close frame (RFC 6455 7.4); others are reported as 1011.
@@ -215,13 +215,17 @@ class Forwarder:
             raise UpstreamError("the upstream refused the WebSocket") from exc
         client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (), max_msg_size=0)
         registry = request.app[WEBSOCKETS]
+        grants = request.app[WEBSOCKET_GRANTS]
         # Anonymous sockets are registered under "" so that shutdown can close them too.
         key = principal.sid if principal is not None else ""
         try:
             await client.prepare(request)
             registry.setdefault(key, set()).add(client)
+            if principal is not None:
+                grants[client] = (principal.sub, principal.rv)
             await _pump(client, upstream)
         finally:
+            grants.pop(client, None)
             peers = registry.get(key)
             if peers is not None:
                 peers.discard(client)
@@ -303,3 +307,15 @@ async def close_websockets(
     # Concurrently: each close waits for the peer's reply, and one slow peer must not delay the rest.
     await asyncio.gather(*(ws.close(code=code, message=reason) for ws in sockets), return_exceptions=True)
 
+
+async def close_stale_websockets(app: web.Application, refuses: Callable[[str, int], bool]) -> None:
+    """Closes every proxied WebSocket opened with a token that `refuses(subject, rv)` now refuses
+    (its user's roles changed, or its machine client was removed): the socket outlived the token's
+    grants, and the next token it could get carries different ones."""
+    owners = app[WEBSOCKET_GRANTS]
+    stale = [ws for ws, (subject, rv) in list(owners.items()) if refuses(subject, rv)]
+    for ws in stale:
+        owners.pop(ws, None)
+    await asyncio.gather(
+        *(ws.close(code=WS_CLOSE_REVOKED, message=b"access changed") for ws in stale), return_exceptions=True
+    )

@@ -16,6 +16,7 @@ from urllib.parse import quote_plus
 
 import jwt
 import pytest
+from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
 from gateway.clients import hash_client_secret
@@ -178,6 +179,20 @@ async def test_token_failures_throttled_like_logins(gw: Client, billing: tuple[s
     assert int(headers["Retry-After"]) >= 1
 
 
+async def test_token_failure_throttle_follows_limits_login_on_reload(
+    gw: Client, billing: tuple[str, str], make_config: MakeConfig, upstream_url: str
+) -> None:
+    """SIGHUP re-reads `limits.login` for client authentications too, as it does for logins."""
+    from gateway.app import reload_app
+
+    cid, secret = billing
+    assert reload_app(gw.server.app, make_config(routes=_routes(upstream_url), limits={"login": "2/minute"})) == []
+    for _ in range(2):
+        assert (await _token(gw, "grant_type=client_credentials", _basic(cid, "wrong")))[0] == 401
+    status, body, _ = await _token(gw, "grant_type=client_credentials", _basic(cid, secret))
+    assert (status, body["error"]) == (429, "rate_limited")
+
+
 async def test_token_successes_do_not_count_toward_throttle(gw: Client, billing: tuple[str, str]) -> None:
     for _ in range(8):
         assert (await _token(gw, "grant_type=client_credentials", _basic(*billing)))[0] == 200
@@ -237,6 +252,24 @@ async def test_client_removed_elsewhere_tokens_refused_within_1s(gw: Client, bil
         await asyncio.sleep(0.02)
     status, body, _ = await _token(gw, "grant_type=client_credentials", _basic(*billing))
     assert (status, body["error"]) == (401, "invalid_client")
+
+
+async def test_client_removed_elsewhere_its_open_websocket_is_closed(gw: Client, billing: tuple[str, str]) -> None:
+    token = await _client_token(gw, billing)
+    async with gw.ws_connect("/api/ws", headers={"Authorization": f"Bearer {token}"}) as ws:
+        await ws.send_str("ping")
+        echoed = await asyncio.wait_for(ws.receive(), 2)
+        assert echoed.type == WSMsgType.TEXT and "ping" in echoed.data
+        other = await open_store(gw.server.app[CONFIG].store)
+        try:
+            from gateway.grants import REMOVED
+
+            assert await other.remove_client(billing[0], now=time.time(), version=REMOVED)
+        finally:
+            await other.aclose()
+        msg = await asyncio.wait_for(ws.receive(), 1.0)
+        assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
+        assert (ws.close_code, msg.extra) == (1008, "access changed")
 
 
 # -- the command ---------------------------------------------------------------------------------------

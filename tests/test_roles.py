@@ -19,7 +19,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.config import StoreConfig
-from gateway.keys import CONFIG, SESSIONS
+from gateway.keys import CONFIG, SESSIONS, WEBSOCKET_GRANTS
 from gateway.roles import change_roles
 from gateway.store import Store, open_store
 from tests.conftest import MakeConfig, MakeGateway
@@ -159,6 +159,36 @@ async def test_roles_change_of_other_user_leaves_tokens_alone(client: Client) ->
         await other.aclose()
     await asyncio.sleep(0.6)
     assert (await client.get("/api/whoami", headers=_bearer(token))).status == 200
+
+
+async def test_roles_change_closes_the_users_open_websockets_within_1s_others_stay_open(client: Client) -> None:
+    """A socket opened before a role change would keep the old grants for as long as it lives: it is
+    closed (1008, "access changed") as the old tokens are refused; another user's socket is untouched."""
+    app = client.server.app
+    await app[SESSIONS].add_user("bob@example.com", PASSWORD)
+    alice = (await _login(client))["access_token"]
+    resp = await client.post("/auth/login", json={"email": "bob@example.com", "password": PASSWORD, "refresh_in_body": True})
+    bob = (await resp.json())["access_token"]
+    client.session.cookie_jar.clear()
+    async with client.ws_connect("/api/ws", headers=_bearer(alice)) as ws_alice, client.ws_connect(
+        "/api/ws", headers=_bearer(bob)
+    ) as ws_bob:
+        for ws in (ws_alice, ws_bob):
+            await ws.send_str("ping")
+            echoed = await asyncio.wait_for(ws.receive(), 2)
+            assert echoed.type == aiohttp.WSMsgType.TEXT and "ping" in echoed.data
+        await _set_roles_elsewhere(app[CONFIG].store, "auditor")
+        msg = await asyncio.wait_for(ws_alice.receive(), 1.0)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
+        assert (ws_alice.close_code, msg.extra) == (1008, "access changed")
+        await ws_bob.send_str("still here")
+        echoed = await asyncio.wait_for(ws_bob.receive(), 2)
+        assert echoed.type == aiohttp.WSMsgType.TEXT and "still here" in echoed.data
+    for _ in range(100):  # the gateway forgets a socket once its handler has finished with it
+        if not app[WEBSOCKET_GRANTS]:
+            break
+        await asyncio.sleep(0.02)
+    assert app[WEBSOCKET_GRANTS] == {}
 
 
 async def test_roles_change_before_start_is_loaded_at_start(make_gateway: MakeGateway, make_config: MakeConfig) -> None:
