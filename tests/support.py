@@ -10,8 +10,8 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -35,6 +35,28 @@ def missing_service(name: str, problem: str) -> NoReturn:
     if name in allowed:
         pytest.skip(f"{name} missing (allowed by GATEWAY_ALLOW_MISSING): {problem}")
     pytest.fail(f"{name} is required by this test but {problem}; install it or set GATEWAY_ALLOW_MISSING={name}")
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking")
+
+
+@asynccontextmanager
+async def chromium(*extra_args: str) -> AsyncIterator[Any]:
+    """Debian's headless Chromium driven by Playwright (never a downloaded browser), closed on exit.
+    A missing browser or Playwright fails the test unless GATEWAY_ALLOW_MISSING names `browser`."""
+    if not CHROMIUM.exists():
+        missing_service("browser", f"{CHROMIUM} is missing (Debian package `chromium`)")
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        missing_service("browser", "the playwright Python package is not installed")
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=[*CHROMIUM_ARGS, *extra_args], headless=True)
+        try:
+            yield browser
+        finally:
+            await browser.close()
 
 
 class FakeClock:

@@ -23,12 +23,10 @@ from aiohttp.test_utils import TestClient
 
 from gateway.keys import SESSIONS
 from tests.conftest import MakeConfig, MakeGateway
-from tests.support import FakeClock, missing_service
+from tests.support import FakeClock, chromium
 
 Client = TestClient[Any, Any]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 EMAIL = "demo@example.com"  # the page's pre-filled email
 PASSWORD = "correct horse battery staple"
 ACCESS_TTL = 300  # the test config's "5m"; leeway is 0s
@@ -37,25 +35,11 @@ TIMEOUT_MS = 10_000
 ROUNDS = 20  # two-tab expiry rounds
 
 
-def _unavailable(reason: str) -> None:
-    missing_service("browser", reason)
-
-
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
     """One headless Chromium per test (function-scoped like the aiohttp fixtures' event loop)."""
-    if not CHROMIUM.exists():
-        _unavailable(f"{CHROMIUM} is missing (Debian package `chromium`)")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        _unavailable("the playwright Python package is not installed")
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            await b.close()
+    async with chromium() as b:
+        yield b
 
 
 @pytest.fixture

@@ -17,29 +17,16 @@ import pytest
 
 from gateway.keys import STORE
 from tests.oidc_provider import CLIENT_ID, CLIENT_SECRET, MakeFed
-from tests.support import build_config, missing_service
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+from tests.support import build_config, chromium
 
 
 @pytest.fixture
 async def context() -> AsyncIterator[Any]:
-    if not CHROMIUM.exists():
-        missing_service("browser", f"{CHROMIUM} is missing (Debian package `chromium`)")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        missing_service("browser", "the playwright Python package is not installed")
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            ctx = await browser.new_context()
-            ctx.set_default_timeout(15_000)
-            yield ctx
-            await ctx.close()
-        finally:
-            await browser.close()
+    async with chromium() as browser:
+        ctx = await browser.new_context()
+        ctx.set_default_timeout(15_000)
+        yield ctx
+        await ctx.close()
 
 
 async def test_browser_login_with_provider_button_then_api_on_our_session(

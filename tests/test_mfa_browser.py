@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -21,13 +20,12 @@ from aiohttp.test_utils import TestClient
 
 from gateway.keys import MFA, SESSIONS
 from tests.conftest import MakeConfig, MakeGateway
-from tests.support import FakeClock, missing_service
+from tests.support import FakeClock, chromium
 
 Client = TestClient[Any, Any]
 
-CHROMIUM = Path("/usr/bin/chromium")
 # localhost could resolve to ::1 first, where the test server does not listen.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP localhost 127.0.0.1"]
+LOCALHOST_IS_IPV4 = "--host-resolver-rules=MAP localhost 127.0.0.1"
 EMAIL = "demo@example.com"  # the demo page's pre-filled email
 PASSWORD = "correct horse battery staple"
 TIMEOUT_MS = 15_000
@@ -35,18 +33,8 @@ TIMEOUT_MS = 15_000
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    if not CHROMIUM.exists():
-        missing_service("browser", f"{CHROMIUM} is missing (Debian package `chromium`)")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        missing_service("browser", "the playwright Python package is not installed")
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            await b.close()
+    async with chromium(LOCALHOST_IS_IPV4) as b:
+        yield b
 
 
 @pytest.fixture
