@@ -8,8 +8,10 @@ framework has WebSockets.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -80,18 +82,26 @@ def running(upstream: Upstream, *, timeout: float = 30) -> Iterator[str]:
     port = free_port()
     argv, env = upstream.command(port)
     log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(argv, cwd=HERE, env={**os.environ, **env}, stdout=log, stderr=log)
+    # Its own process group: some servers fork workers (PHP_CLI_SERVER_WORKERS) that outlive a
+    # signal sent to the parent alone, and were left running after the suite.
+    proc = subprocess.Popen(argv, cwd=HERE, env={**os.environ, **env}, stdout=log, stderr=log, start_new_session=True)
     try:
         _wait_port(port, proc, log, timeout)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
+        _signal_group(proc, signal.SIGTERM)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _signal_group(proc, signal.SIGKILL)
             proc.wait()
+        _signal_group(proc, signal.SIGKILL)  # workers that ignored SIGTERM or outlived their parent
         log.close()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], log: IO[bytes], timeout: float) -> None:
