@@ -58,7 +58,7 @@ async def _set_roles_elsewhere(store_cfg: StoreConfig, *roles: str, add: tuple[s
         await other.aclose()
 
 
-async def _refused_within(client: Client, token: str, seconds: float) -> float:
+async def _refused_within(client: Client, token: str, seconds: float) -> None:
     start = time.monotonic()
     while time.monotonic() - start < seconds:
         resp = await client.get("/api/whoami", headers=_bearer(token))
@@ -66,7 +66,7 @@ async def _refused_within(client: Client, token: str, seconds: float) -> float:
             body = await resp.json()
             assert body["error"] == "invalid_token"
             assert resp.headers["WWW-Authenticate"].startswith('Bearer error="invalid_token"')
-            return time.monotonic() - start
+            return
         assert resp.status == 200
         await asyncio.sleep(0.02)
     raise AssertionError(f"the token was still accepted after {seconds}s")
@@ -115,8 +115,7 @@ async def test_roles_removed_elsewhere_old_token_refused_within_1s_refresh_carri
     tokens = await _login(client)
     assert _claims(tokens["access_token"])["roles"] == ["admin", "auditor"]
     await _set_roles_elsewhere(store_cfg, remove=("admin",))
-    waited = await _refused_within(client, tokens["access_token"], 1.0)
-    assert waited < 1.0
+    await _refused_within(client, tokens["access_token"], 1.0)  # raises if still accepted after 1 s
     # Nobody was logged out: the refresh token still works and carries the new roles.
     resp = await client.post("/auth/refresh-token", json={"refresh_token": tokens["refresh_token"]})
     assert resp.status == 200, await resp.text()
