@@ -210,6 +210,15 @@ def tree_cpu_s(pid: int) -> float:
     return total / _TICK
 
 
+def machine_busy_s() -> float:
+    """CPU seconds all cores spent not idle since boot (/proc/stat), for what the whole machine did
+    during a measurement: the server, wrk, the upstream, and anything else."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / _TICK
+
+
 # --- wrk ---------------------------------------------------------------------------------------
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
@@ -607,11 +616,14 @@ timeout = "600s"
         for _ in range(2):
             self.revive(f"before {key}")
             server = self.pids[t["proc"]].pid
-            cpu_before = tree_cpu_s(server)
+            cpu_before, busy_before, wall_before = tree_cpu_s(server), machine_busy_s(), time.monotonic()
             result = parse_wrk(self.procs.run(f"wrk-{key}", argv, timeout=duration + 60))
             # The server's CPU seconds over the run per request answered: the cost of one request,
             # which another process's load on the shared CPUs moves far less than it moves req/s.
             result["cpu_us"] = round((tree_cpu_s(server) - cpu_before) / max(result["requests"], 1) * 1e6, 1)
+            # How many of the machine's cores were busy (server + wrk + upstream + anything else): near
+            # the core count, the target is bounded by the CPUs, not by the server.
+            result["busy_cores"] = round((machine_busy_s() - busy_before) / (time.monotonic() - wall_before), 2)
             if not self.revive(f"during {key}"):
                 return result
         raise RuntimeError(f"servers kept dying during {key}")
@@ -809,6 +821,7 @@ timeout = "600s"
                 "samples_p99_ms": [r["p99_ms"] for r in runs],
                 "cpu_us": round(statistics.median(r.get("cpu_us", 0.0) for r in runs), 1),
                 "samples_cpu_us": [r.get("cpu_us") for r in runs],
+                "busy_cores": round(statistics.median(r.get("busy_cores", 0.0) for r in runs), 2),
             }
             if wrk_summary[key]["non2xx"] or wrk_summary[key]["socket_errors"]:
                 self.notes.append(f"{key}: {wrk_summary[key]['non2xx']} non-2xx responses, {wrk_summary[key]['socket_errors']} socket errors")
@@ -944,13 +957,15 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["", "## Ratios", "", "| ratio | value |", "| --- | --- |"]
     lines += [f"| {k} | {val} |" for k, val in r["ratios"].items()]
     lines += ["", "## Proxying (wrk)", "",
-              "CPU µs/req: the server's utime+stime (its whole process tree) over the run, per request answered.", "",
-              "| target | req/s (median) | CPU µs/req (median) | p50 ms | p99 ms | req/s per cycle | CPU µs/req per cycle | p99 per cycle "
+              "CPU µs/req: the server's utime+stime (its whole process tree) over the run, per request answered. "
+              "Busy cores: CPU seconds the whole machine spent not idle (/proc/stat) per second of the run, the "
+              f"server, wrk and the upstream together, out of {os.cpu_count()}.", "",
+              "| target | req/s (median) | CPU µs/req (median) | busy cores (median) | p50 ms | p99 ms | req/s per cycle | CPU µs/req per cycle | p99 per cycle "
               "| non-2xx / socket errors |",
-              "| --- | ---: | ---: | ---: | ---: | --- | --- | --- | --- |"]  # fmt: skip
+              "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- |"]  # fmt: skip
     for key, w in r["wrk"].items():
         lines.append(
-            f"| {w['label']} (`{key}`) | {w['rps']:,.0f} | {w.get('cpu_us', 0):.0f} | {w['p50_ms']:.2f} | {w['p99_ms']:.2f} | "
+            f"| {w['label']} (`{key}`) | {w['rps']:,.0f} | {w.get('cpu_us', 0):.0f} | {w.get('busy_cores', 0):.2f} | {w['p50_ms']:.2f} | {w['p99_ms']:.2f} | "
             f"{', '.join(f'{x:,.0f}' for x in w['samples_rps'])} | {', '.join(f'{x or 0:.0f}' for x in w.get('samples_cpu_us', []))} | "
             f"{', '.join(f'{x:.2f}' for x in w['samples_p99_ms'])} | {w['non2xx']} / {w['socket_errors']} |"
         )
