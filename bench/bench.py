@@ -1015,6 +1015,8 @@ def main() -> int:
     parser.add_argument("--big-bytes", type=int, help="bytes each way for the memory test (default 1 GiB; smoke 10 MB)")
     parser.add_argument("--store-duration", type=float, help="seconds per store measurement (default 3; smoke 0.3)")
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="gateway log.level")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="write the markdown again from an earlier run's JSON (e.g. after editing bench/SHORTFALLS.md), measuring nothing")
     parser.add_argument("--out", type=Path, help="markdown output, JSON next to it (default bench/RESULTS.md + bench/out/results.json; smoke bench/out/RESULTS.smoke.md + .json)")
     args = parser.parse_args()
     smoke = args.smoke
@@ -1031,6 +1033,10 @@ def main() -> int:
     json_path = args.out.with_suffix(".json") if args.out else outdir / ("results.smoke.json" if smoke else "results.json")
     if smoke and md_path.resolve() == (HERE / "RESULTS.md").resolve():
         parser.error("smoke mode never writes bench/RESULTS.md")
+    if args.render:
+        md_path.write_text(markdown(json.loads(args.render.read_text())) + "\n")
+        log(f"wrote {md_path} from {args.render}")
+        return 0
 
     def on_signal(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
