@@ -8,6 +8,7 @@ gateway answers, what it stores, and what reaches the upstream.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -15,7 +16,7 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.keys import SESSIONS, STORE
+from gateway.keys import CLOCK, SESSIONS, STORE
 from tests.oidc_provider import CLIENT_ID, Fed, MakeFed, ProviderBrowser
 
 Client = TestClient[Any, Any]
@@ -338,6 +339,19 @@ async def test_backchannel_logout_revokes_the_session_within_1s(fed: Fed) -> Non
         await asyncio.sleep(0.05)
     refresh = await fed.client.post("/auth/refresh-token", headers={"Origin": fed.base})
     assert refresh.status == 403
+
+
+async def test_backchannel_logout_ends_a_session_begun_in_the_same_second(fed: Fed) -> None:
+    """A logout token's `iat` has whole seconds: a session begun at N.05 and ended at the provider
+    within second N carries a token with iat = N, and it began before that token, not after."""
+    while time.time() % 1 > 0.05:  # the start of a second, so the logout is likely in the same one
+        await asyncio.sleep(0.005)
+    clock = fed.client.server.app[CLOCK]
+    clock.now = time.time()  # the gateway's clock on the wall clock: no skew for the leeway (0 s) to cover
+    assert (await fed.login("alice", keep=True)).status == 302
+    assert (await _whoami(fed.client)).status == 200
+    await fed.browser.logout(fed.provider.issuer)  # the provider POSTs the logout token before it answers
+    assert (await _whoami(fed.client)).status == 401
 
 
 async def test_backchannel_logout_bad_tokens_are_400(fed: Fed) -> None:

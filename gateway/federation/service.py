@@ -258,9 +258,11 @@ class FederationService:
         if claims is None:
             raise BadRequest("the logout token was signed with a key the provider does not publish")
         # Only sessions that began before the token was issued: a replayed token can then end nothing
-        # that it did not already end, so remembering every jti is not needed.
+        # that it did not already end, so remembering every jti is not needed. `iat` has whole seconds,
+        # so "before" reaches to the end of its second: a session begun at N.4 and logged out at N.9
+        # (iat N) is ended; a replay can reach at most a session begun later in that same second.
         ids = await self.store.federated_sessions(
-            provider=name, subject=claims.sub, sid=claims.sid, created_before=claims.iat + self.leeway, now=self.clock()
+            provider=name, subject=claims.sub, sid=claims.sid, created_before=claims.iat + 1 + self.leeway, now=self.clock()
         )
         revoked: list[str] = []
         for session_id in ids:
