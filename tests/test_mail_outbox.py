@@ -173,3 +173,26 @@ class first_client:  # used as a context manager, like a function
 
     async def __aexit__(self, *exc: object) -> None:
         await self.client.session.close()
+
+
+async def test_outbox_sender_stops_when_a_mail_is_queued_as_it_is_cancelled(tmp_path: Path) -> None:
+    """Shutdown cancels the sender right after the last request queued a mail (and woke it): the
+    cancellation must end the loop, not be lost to the wake-up (it was, with asyncio.wait_for on 3.11,
+    and the gateway then never finished shutting down)."""
+    from gateway.accounts.mailer import SmtpMailer
+    from gateway.accounts.outbox import MailSender
+    from gateway.store import open_store
+    from tests.support import build_config
+
+    store = await open_store(build_config(tmp_path, "http://127.0.0.1:1").store)
+    try:
+        for _ in range(20):  # the race is between two callbacks of one loop turn; try it many times
+            sender = MailSender(store=store, mailer=SmtpMailer(f"smtp://127.0.0.1:{free_port()}"), clock=time.time)
+            task = asyncio.create_task(sender.run())
+            await asyncio.sleep(0.01)  # the sender now waits for a wake-up
+            sender.wake()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 5)
+    finally:
+        await store.aclose()

@@ -63,8 +63,11 @@ class MailSender:
                 store_log.warning("mail outbox: store unavailable: %s", exc)
                 handled = 0
             if handled < BATCH:
+                # asyncio.timeout, not wait_for: on Python 3.11, wait_for loses a cancellation that
+                # arrives as the event is set (a mail queued at shutdown), and this loop then never ended.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                    async with asyncio.timeout(self.poll_s):
+                        await self._wake.wait()
 
     async def drain_once(self) -> int:
         """Claims one batch of due mails and tries each once; returns how many it took."""
