@@ -93,6 +93,14 @@ def _uses_cookies(request: web.Request, cfg: Config) -> bool:
     return cfg.cookies.access_name in request.cookies or cfg.cookies.refresh_name in request.cookies
 
 
+def check_anonymous_post(request: web.Request, cfg: Config) -> None:
+    """The CSRF rule of a POST that carries no access token (login, its second step, sign-up, password
+    reset): a browser sends Origin (or Referer), or the gateway's cookies, and then the origin must be
+    ours; other clients send none of them and pass."""
+    if "Origin" in request.headers or "Referer" in request.headers or _uses_cookies(request, cfg):
+        check_origin(request, cfg)
+
+
 def _set_cookie(response: web.StreamResponse, cfg: Config, name: str, value: str, *, path: str, max_age: int | None) -> None:
     c = cfg.cookies
     response.set_cookie(
@@ -136,8 +144,7 @@ def set_session_cookies(response: web.StreamResponse, cfg: Config, issued: Issue
 async def login(request: web.Request) -> web.StreamResponse:
     """POST /auth/login."""
     cfg = request.app[CONFIG]
-    if "Origin" in request.headers or "Referer" in request.headers or _uses_cookies(request, cfg):
-        check_origin(request, cfg)
+    check_anonymous_post(request, cfg)
     data = await _read_body(request)
     if "email" not in data or "password" not in data:
         raise BadRequest("email and password are required")

@@ -120,6 +120,21 @@ async def test_verify_page_form_post_answers_a_page(make_gateway: MakeGateway, m
     assert foreign.status == 403
 
 
+async def test_signup_and_forgot_follow_logins_csrf_rule(make_gateway: MakeGateway, make_config: MakeConfig, mailbox: Mailbox) -> None:
+    """One rule for every POST without an access token: a client sending someone else's cookie (a load
+    balancer's, say) and no Origin is not a browser to guard; the gateway's own cookie or a foreign
+    Origin is."""
+    client = await _gateway(make_gateway, make_config, mailbox)
+    lb = {"Cookie": "lb_affinity=node-2"}
+    assert (await client.post("/auth/login", json={"email": EMAIL, "password": PASSWORD}, headers=lb)).status == 401
+    assert (await client.post("/auth/signup", json={"email": EMAIL, "password": PASSWORD}, headers=lb)).status == 202
+    assert (await client.post("/auth/password/forgot", json={"email": EMAIL}, headers=lb)).status == 202
+    for refused in ({"Cookie": "refresh_token=stolen"}, {"Origin": "https://evil.example"}):
+        for path, body in (("/auth/signup", {"email": "b@example.com", "password": PASSWORD}), ("/auth/password/forgot", {"email": EMAIL})):
+            resp = await client.post(path, json=body, headers=refused)
+            assert (resp.status, (await resp.json())["error"]) == (403, "csrf_failed"), (path, refused)
+
+
 async def test_signup_existing_address_looks_the_same_and_mails_the_owner(
     make_gateway: MakeGateway, make_config: MakeConfig, mailbox: Mailbox
 ) -> None:

@@ -13,9 +13,8 @@ from html import escape
 
 from aiohttp import web
 
-from gateway.auth import authenticate, check_origin, client_ip
-from gateway.auth_routes import Handler, _read_body
-from gateway.config import Config
+from gateway.auth import authenticate, client_ip
+from gateway.auth_routes import Handler, _read_body, check_anonymous_post
 from gateway.errors import BadRequest, GatewayError, NoRoute
 from gateway.keys import ACCOUNTS, CONFIG
 
@@ -51,17 +50,11 @@ def _wants_page(request: web.Request) -> bool:
     return request.content_type == "application/x-www-form-urlencoded" and "text/html" in request.headers.get("Accept", "")
 
 
-def _guard(request: web.Request, cfg: Config) -> None:
-    # As for login: a browser sends Origin (or Referer) and it must be ours; other clients send neither.
-    if "Origin" in request.headers or "Referer" in request.headers or request.cookies:
-        check_origin(request, cfg)
-
-
 async def _signup(request: web.Request) -> web.StreamResponse:
     cfg = request.app[CONFIG]
     if not cfg.accounts.signup:
         raise NoRoute("sign-up is not enabled")
-    _guard(request, cfg)
+    check_anonymous_post(request, cfg)
     data = await _read_body(request)
     if "email" not in data or "password" not in data:
         raise BadRequest("email and password are required")
@@ -72,7 +65,7 @@ async def _signup(request: web.Request) -> web.StreamResponse:
 async def _email_only(request: web.Request) -> tuple[object, str]:
     """The `email` of a request that names only an address (resend, forgot), and the client address."""
     cfg = request.app[CONFIG]
-    _guard(request, cfg)
+    check_anonymous_post(request, cfg)
     data = await _read_body(request)
     if "email" not in data:
         raise BadRequest("email is required")
@@ -93,7 +86,7 @@ async def _forgot(request: web.Request) -> web.StreamResponse:
 
 async def _verify(request: web.Request) -> web.StreamResponse:
     cfg = request.app[CONFIG]
-    _guard(request, cfg)
+    check_anonymous_post(request, cfg)
     page = _wants_page(request)
     data = await _read_body(request)
     try:
@@ -109,7 +102,7 @@ async def _verify(request: web.Request) -> web.StreamResponse:
 
 async def _reset(request: web.Request) -> web.StreamResponse:
     cfg = request.app[CONFIG]
-    _guard(request, cfg)
+    check_anonymous_post(request, cfg)
     page = _wants_page(request)
     data = await _read_body(request)
     if "token" not in data or "password" not in data:

@@ -10,10 +10,10 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.auth import authenticate, check_origin, client_ip, own_origin
+from gateway.auth import authenticate, client_ip, own_origin
 
 # The login answer and body parsing are the login's own: shared, not copied, so both answer alike.
-from gateway.auth_routes import Handler, _flag, _iso, _read_body, _token_response, _uses_cookies
+from gateway.auth_routes import Handler, _flag, _iso, _read_body, _token_response, check_anonymous_post
 from gateway.errors import BadRequest
 from gateway.keys import CONFIG, MFA, PASSKEYS
 from gateway.store import PasskeyRecord
@@ -28,13 +28,6 @@ def _caller(request: web.Request) -> Principal:
     principal = authenticate(request, required=True)
     assert principal is not None
     return principal
-
-
-def _anonymous_post(request: web.Request) -> None:
-    """A login step carries no access token; a browser's Origin (or its cookies) still must be ours."""
-    cfg = request.app[CONFIG]
-    if "Origin" in request.headers or "Referer" in request.headers or _uses_cookies(request, cfg):
-        check_origin(request, cfg)
 
 
 def _code(data: dict[str, Any]) -> object:
@@ -86,7 +79,7 @@ async def status(request: web.Request) -> web.StreamResponse:
 async def login_mfa(request: web.Request) -> web.StreamResponse:
     """POST /auth/login/mfa {mfa_token, code | recovery_code}: the second step; answers as a login."""
     cfg = request.app[CONFIG]
-    _anonymous_post(request)
+    check_anonymous_post(request, request.app[CONFIG])
     data = await _read_body(request)
     if "mfa_token" not in data or ("code" in data) == ("recovery_code" in data):
         raise BadRequest("mfa_token and exactly one of code or recovery_code are required")
@@ -135,7 +128,7 @@ async def passkey_register(request: web.Request) -> web.StreamResponse:
 
 async def passkey_login_options(request: web.Request) -> web.StreamResponse:
     """POST /auth/passkeys/login/options [{email}]: request options for navigator.credentials.get()."""
-    _anonymous_post(request)
+    check_anonymous_post(request, request.app[CONFIG])
     data = await _read_body(request)
     options = await request.app[PASSKEYS].login_options(
         data.get("email"), own_origin=own_origin(request, request.app[CONFIG])
@@ -146,7 +139,7 @@ async def passkey_login_options(request: web.Request) -> web.StreamResponse:
 async def passkey_login(request: web.Request) -> web.StreamResponse:
     """POST /auth/passkeys/login {credential, remember_me?, refresh_in_body?}: answers as a login."""
     cfg = request.app[CONFIG]
-    _anonymous_post(request)
+    check_anonymous_post(request, request.app[CONFIG])
     data = await _read_body(request)
     remember_me, refresh_in_body = _flag(data, "remember_me"), _flag(data, "refresh_in_body")
     issued = await request.app[PASSKEYS].login(
