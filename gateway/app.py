@@ -7,7 +7,6 @@ serving), or let aiohttp's router see a path before `normalize_target` has.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import ipaddress
@@ -68,6 +67,7 @@ from gateway.revocations import RevokedSessions
 from gateway.serving import request_finished, request_started
 from gateway.sessions import SessionService
 from gateway.store import open_store
+from gateway.tasks import change_window_s, running, spawn
 from gateway.tokens import KeyRing
 from gateway.upstream_pool import UpstreamPool
 
@@ -312,9 +312,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     def on_revoke(ids: list[str]) -> None:
         new = app[REVOKED].add(ids, at=app[CLOCK]())
         if new:
-            task = asyncio.get_running_loop().create_task(close_websockets(app, new))
-            _background.add(task)
-            task.add_done_callback(_background.discard)
+            spawn(close_websockets(app, new))
 
     app[SESSIONS] = SessionService(
         store=store, keys=app[KEYRING], config=cfg, on_revoke=on_revoke, on_event=app[METRICS].session_event, clock=app[CLOCK]
@@ -325,23 +323,17 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.aclose()
 
 
-_background: set[asyncio.Task[None]] = set()
-
-
 async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:
     """Self-service accounts and the outbox sender task (issue 12); closed before the store."""
     cfg = app[CONFIG]
     sender = MailSender(store=app[STORE], mailer=SmtpMailer(cfg.email.smtp_url), clock=app[CLOCK])
     accounts = AccountService(store=app[STORE], sessions=app[SESSIONS], config=cfg, clock=app[CLOCK], on_mail=sender.wake)
     app[ACCOUNTS] = accounts
-    task = asyncio.create_task(sender.run())
-    try:
-        yield
-    finally:
-        await accounts.drain()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async with running(sender.run()):
+        try:
+            yield
+        finally:
+            await accounts.drain()  # before the sender stops: what it queued still gets sent
 
 
 async def _mfa_ctx(app: web.Application, *, box: SecretBox) -> AsyncIterator[None]:
@@ -377,7 +369,7 @@ async def _revocation_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     store = app[STORE]
     revoked = app[REVOKED]
-    window = (cfg.tokens.access_ttl + cfg.tokens.leeway).total_seconds() + 60
+    window = change_window_s(cfg.tokens)
     events = await store.revocations_since(0, not_before=app[CLOCK]() - window)
     revoked.add([e.session_id for e in events], at=app[CLOCK]())
     revoked.last_seq = events[-1].seq if events else revoked.last_seq
@@ -394,7 +386,7 @@ async def _revocation_ctx(app: web.Application) -> AsyncIterator[None]:
                     revoked.last_seq = events[-1].seq
                     new = revoked.add([e.session_id for e in events], at=now)
                     if new:
-                        await close_websockets(app, new)
+                        spawn(close_websockets(app, new))  # the poll keeps its pace, as for grants
                 if now - last_count > 15:
                     last_count = now
                     app[METRICS].active_sessions.set(await store.count_live_sessions(now=now))
@@ -405,13 +397,8 @@ async def _revocation_ctx(app: web.Application) -> AsyncIterator[None]:
             except StoreError as exc:
                 store_log.warning("revocation poll failed: %s", exc)
 
-    task = asyncio.create_task(poll())
-    try:
+    async with running(poll()):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _close_all_websockets(app: web.Application) -> None:

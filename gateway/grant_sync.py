@@ -6,7 +6,6 @@ Must not: block a request on the store; requests only read the in-memory table t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -15,10 +14,9 @@ from gateway.errors import StoreError
 from gateway.keys import CLOCK, CONFIG, GRANTS, STORE
 from gateway.log import store_log
 from gateway.proxy import close_stale_websockets
+from gateway.tasks import change_window_s, running, spawn
 
 __all__ = ["grants_ctx"]
-
-_closing: set[asyncio.Task[None]] = set()  # close tasks in flight, kept from the garbage collector
 
 
 async def grants_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -27,7 +25,7 @@ async def grants_ctx(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     grants = app[GRANTS]
     # Older changes cannot matter: every token issued before them has expired.
-    window = (cfg.tokens.access_ttl + cfg.tokens.leeway).total_seconds() + 60
+    window = change_window_s(cfg.tokens)
 
     async def catch_up(since: float = 0.0) -> None:
         changes = await store.access_changes_since(grants.last_seq, not_before=since)
@@ -36,10 +34,7 @@ async def grants_ctx(app: web.Application) -> AsyncIterator[None]:
             grants.raise_to(change.subject, change.version, at=now)
         if changes:
             grants.last_seq = changes[-1].seq
-            # In the background: each close waits for its peer, and the poll must keep its pace.
-            task = asyncio.get_running_loop().create_task(close_stale_websockets(app, grants.refuses))
-            _closing.add(task)
-            task.add_done_callback(_closing.discard)
+            spawn(close_stale_websockets(app, grants.refuses))  # the poll keeps its pace
 
     await catch_up(app[CLOCK]() - window)
     interval = cfg.server.revocation_poll.total_seconds()
@@ -57,10 +52,5 @@ async def grants_ctx(app: web.Application) -> AsyncIterator[None]:
                 last_prune = now
                 grants.prune(before=now - window)
 
-    task = asyncio.create_task(poll())
-    try:
+    async with running(poll()):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -18,6 +18,7 @@ PURE = [
     "gateway.config.masking",
     "gateway.log",
     "gateway.tokens",
+    "gateway.tasks",
     "gateway.jwt_algorithms",
     "gateway.paths",
     "gateway.revocations",

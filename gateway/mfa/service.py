@@ -27,7 +27,7 @@ __all__ = ["MFA_TOKEN_TRIES", "MFA_TOKEN_TTL", "Enrolment", "MfaService", "Pendi
 MFA_TOKEN_TTL = 300.0
 MFA_TOKEN_TRIES = 5
 _KIND = "mfa_login"
-# Wrong codes on the authenticated endpoints (confirm, disable, new recovery codes), per user and process:
+# Wrong codes on the authenticated endpoints (confirm, disable, new recovery codes), per user, counted in the store:
 # a stolen access token must not be enough to guess the six digits that turn the factor off.
 _CODE_FAILURES = Rate(count=5, period_s=300)
 # Wrong second steps per user, across all of their mfa_tokens: whoever has the password can mint
