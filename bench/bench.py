@@ -559,7 +559,7 @@ timeout = "600s"
         import jwt
 
         from gateway.config import TokenConfig
-        from gateway.tokens import KeyRing
+        from gateway.tokens.keyring import KeyRing
 
         kid = KeyRing(TokenConfig(secret=self.secret)).current_kid
         now = int(time.time())

@@ -48,9 +48,9 @@ class Module:
 
 
 MODULES: tuple[Module, ...] = (
-    Module("auth", "gateway/auth.py", ("tests/test_forwarding_trust.py", "tests/test_token_extraction.py")),
-    Module("sessions", "gateway/sessions.py", ("tests/test_session_rules.py",)),
-    Module("tokens", "gateway/tokens.py", ("tests/test_tokens.py", "tests/test_tokens_refresh.py", "tests/test_tokens_refusals.py")),
+    Module("auth", "gateway/http/auth.py", ("tests/test_forwarding_trust.py", "tests/test_token_extraction.py")),
+    Module("sessions", "gateway/sessions/service.py", ("tests/test_session_rules.py",)),
+    Module("tokens", "gateway/tokens/keyring.py", ("tests/test_tokens.py", "tests/test_tokens_refresh.py", "tests/test_tokens_refusals.py")),
     # Limits live in the store since issue 12: the GCRA arithmetic is judged by its pure tests and the
     # SQLite store contract's limit tests (both in-process, a few seconds).
     Module(
@@ -60,16 +60,16 @@ MODULES: tuple[Module, ...] = (
         note="the GCRA arithmetic (gcra_interval, gcra_wait); the SQL that applies it is in each backend",
     ),
     # The header policy moved out of proxy.py into its own pure module (issue 10).
-    Module("headers", "gateway/headers.py", ("tests/test_headers_policy.py",)),
+    Module("headers", "gateway/proxy/headers.py", ("tests/test_headers_policy.py",)),
     Module(
-        "proxy-headers", "gateway/proxy.py",
+        "proxy-headers", "gateway/proxy/forward.py",
         ("tests/test_headers_policy.py", "-k", "response"),
         functions=("*ǁForwarderǁresponse_headers__mutmut_*",),
         note="what is left of the header policy in proxy.py: response_headers (hop-by-hop, Set-Cookie)",
     ),
     # Unit tests only (compile_policy and Policy.decide called in-process).
-    Module("policy", "gateway/policy.py", ("tests/test_policy.py",)),
-    Module("paths", "gateway/paths.py", ("tests/test_paths.py",)),
+    Module("policy", "gateway/authz/rules.py", ("tests/test_policy.py",)),
+    Module("paths", "gateway/proxy/paths.py", ("tests/test_paths.py",)),
 )  # fmt: skip
 
 _COPY_IGNORE = shutil.ignore_patterns(

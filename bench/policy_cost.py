@@ -10,7 +10,7 @@ import timeit
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.policy import compile_policy
+from gateway.authz.rules import compile_policy
 
 
 @dataclass(frozen=True)

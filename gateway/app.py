@@ -20,60 +20,45 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gateway import auth_routes
 from gateway.accounts import routes as account_routes
+from gateway.accounts.keys import ACCOUNTS
 from gateway.accounts.mailer import SmtpMailer
 from gateway.accounts.outbox import MailSender
 from gateway.accounts.service import AccountService
-from gateway.auth import authenticate
-from gateway.authz import enforce_policy
-from gateway.client_routes import client_endpoints, clients_ctx
+from gateway.authz.enforce import enforce_policy
+from gateway.authz.grants import StaleGrants
+from gateway.authz.sync import grants_ctx
+from gateway.clients.keys import CLIENTS
+from gateway.clients.routes import client_endpoints, clients_ctx
 from gateway.config import Config
-from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, NoRoute, StoreError
+from gateway.core.errors import Forbidden, GatewayError, MethodNotAllowed, NoRoute, StoreError
+from gateway.core.log import store_log
+from gateway.core.metrics import Metrics
+from gateway.core.tasks import change_window_s, running, spawn
 from gateway.federation import routes as federation_routes
-from gateway.grant_sync import grants_ctx
-from gateway.grants import StaleGrants
-from gateway.keys import (
-    ACCOUNTS,
-    CLIENT,
-    CLIENTS,
-    CLOCK,
-    CONFIG,
-    GRANTS,
-    KEYRING,
-    LIVE_ROUTES,
-    METRICS,
-    MFA,
-    PASSKEYS,
-    REVOKED,
-    ROUTE_LABEL,
-    SESSIONS,
-    STORE,
-    UPSTREAM_POOL,
-    WEBSOCKET_GRANTS,
-    WEBSOCKETS,
-)
-from gateway.log import store_log
-from gateway.metrics import Metrics
+from gateway.http.auth import authenticate
+from gateway.http.keys import CLIENT, CLOCK, CONFIG, GRANTS, KEYRING, METRICS, REVOKED, ROUTE_LABEL, SESSIONS, STORE
+from gateway.http.middleware import error_middleware
+from gateway.http.openapi import openapi_document
+from gateway.http.request import AUTH_BODY_LIMIT, Handler
 from gateway.mfa import routes as mfa_routes
+from gateway.mfa.keys import MFA, PASSKEYS
 from gateway.mfa.passkeys import PasskeyService
 from gateway.mfa.secretbox import SecretBox
 from gateway.mfa.service import MfaService
-from gateway.middleware import error_middleware
-from gateway.openapi import openapi_document
-from gateway.paths import RouteTable, normalize_target, under_prefix
-from gateway.proxy import Forwarder, close_websockets
-from gateway.revocations import RevokedSessions
-from gateway.serving import request_finished, request_started
-from gateway.sessions import SessionService
+from gateway.proxy.forward import Forwarder, close_websockets
+from gateway.proxy.keys import LIVE_ROUTES, UPSTREAM_POOL, WEBSOCKET_GRANTS, WEBSOCKETS
+from gateway.proxy.paths import RouteTable, normalize_target, under_prefix
+from gateway.proxy.upstream.pool import UpstreamPool
+from gateway.server.serving import request_finished, request_started
+from gateway.sessions import routes as auth_routes
+from gateway.sessions.revocations import RevokedSessions
+from gateway.sessions.service import SessionService
 from gateway.store import open_store
-from gateway.tasks import change_window_s, running, spawn
-from gateway.tokens import KeyRing
-from gateway.upstream_pool import UpstreamPool
+from gateway.tokens.keyring import KeyRing
 
 __all__ = ["KEEPALIVE_TIMEOUT", "create_app", "reload_app"]
 
-Handler = auth_routes.Handler
 _MAX_LINE = 8190
 _MAX_FIELD = 8190
 _MAX_HEADERS = 100
@@ -181,7 +166,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     """The gateway as an aiohttp application; `clock` is injectable for tests."""
     metrics = Metrics()
     app = web.Application(
-        client_max_size=auth_routes.AUTH_BODY_LIMIT,
+        client_max_size=AUTH_BODY_LIMIT,
         # auto_decompress=False: a gzip request body must reach the upstream as sent, matching its
         # Content-Encoding header. The size caps answer oversized request lines and headers with 4xx.
         handler_args={

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.config import Rate
-from gateway.errors import Conflict
+from gateway.core.errors import Conflict
 from gateway.store import EmailToken, NewMail, SessionRecord, Store, UserRecord
 
 __all__ = ["StoreContract"]

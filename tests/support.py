@@ -104,7 +104,7 @@ def mint(
 ) -> str:
     """An access token as a test wants it: sound by default, every field overridable or droppable."""
     from gateway.config import TokenConfig
-    from gateway.tokens import KeyRing
+    from gateway.tokens.keyring import KeyRing
 
     # A few seconds in the past by default: the gateway's FakeClock was frozen when the test began.
     t = int(time.time() - 5 if now is None else now)

@@ -19,7 +19,7 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
 from gateway.accounts.mail import render_mail
-from gateway.keys import SESSIONS
+from gateway.http.keys import SESSIONS
 from tests.conftest import MakeConfig, MakeGateway
 from tests.mailbox import Mailbox, link_token
 from tests.support import FakeClock, free_port

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.keys import SESSIONS
+from gateway.http.keys import SESSIONS
 from tests.conftest import MakeConfig, MakeGateway
 from tests.support import FakeClock, chromium
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.keys import SESSIONS
+from gateway.http.keys import SESSIONS
 from tests.conftest import MakeConfig, MakeGateway
 from tests.mailbox import Mailbox, link_token
 from tests.support import free_port

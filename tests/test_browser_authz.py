@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.keys import CONFIG, SESSIONS
-from gateway.roles import change_roles
+from gateway.authz.roles import change_roles
+from gateway.http.keys import CONFIG, SESSIONS
 from gateway.store import open_store
 from tests.conftest import MakeConfig, MakeGateway
 from tests.test_browser import EMAIL, PASSWORD, Audit, audit, browser, context, log_in, open_demo  # noqa: F401

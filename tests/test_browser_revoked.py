@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from gateway.keys import SESSIONS
+from gateway.http.keys import SESSIONS
 from tests import test_browser as _b
 from tests.test_browser import EMAIL, Audit, log_in, open_demo
 

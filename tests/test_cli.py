@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 
 from gateway.config import load_config
-from gateway.errors import InvalidCredentials
-from gateway.sessions import SessionService
+from gateway.core.errors import InvalidCredentials
+from gateway.sessions.service import SessionService
 from gateway.store import open_store
-from gateway.tokens import KeyRing
+from gateway.tokens.keyring import KeyRing
 from tests.support import free_port, gateway_process, write_toml
 
 __all__: list[str] = []

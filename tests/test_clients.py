@@ -19,8 +19,9 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
-from gateway.clients import hash_client_secret
-from gateway.keys import CLIENTS, CONFIG
+from gateway.clients.keys import CLIENTS
+from gateway.clients.service import hash_client_secret
+from gateway.http.keys import CONFIG
 from gateway.store import ClientRecord, open_store
 from tests.conftest import MakeConfig, MakeGateway
 from tests.support import SECRET, write_toml
@@ -241,7 +242,7 @@ async def test_client_removed_elsewhere_tokens_refused_within_1s(gw: Client, bil
     assert (await gw.get("/api/whoami", headers={"Authorization": f"Bearer {token}"})).status == 200
     other = await open_store(gw.server.app[CONFIG].store)  # another instance's store, as `gateway clients remove` uses
     try:
-        from gateway.grants import REMOVED
+        from gateway.authz.grants import REMOVED
 
         assert await other.remove_client(billing[0], now=time.time(), version=REMOVED)
     finally:
@@ -262,7 +263,7 @@ async def test_client_removed_elsewhere_its_open_websocket_is_closed(gw: Client,
         assert echoed.type == WSMsgType.TEXT and "ping" in echoed.data
         other = await open_store(gw.server.app[CONFIG].store)
         try:
-            from gateway.grants import REMOVED
+            from gateway.authz.grants import REMOVED
 
             assert await other.remove_client(billing[0], now=time.time(), version=REMOVED)
         finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Config, Rate, load_config, masked
-from gateway.errors import ConfigError
+from gateway.core.errors import ConfigError
 from tests.support import OLD_SECRET, SECRET, write_toml
 
 __all__: list[str] = []

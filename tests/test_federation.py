@@ -16,7 +16,7 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.keys import CLOCK, SESSIONS, STORE
+from gateway.http.keys import CLOCK, SESSIONS, STORE
 from tests.oidc_provider import CLIENT_ID, Fed, MakeFed, ProviderBrowser
 
 Client = TestClient[Any, Any]

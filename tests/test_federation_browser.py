@@ -15,7 +15,7 @@ from typing import Any
 import jwt
 import pytest
 
-from gateway.keys import STORE
+from gateway.http.keys import STORE
 from tests.oidc_provider import CLIENT_ID, CLIENT_SECRET, MakeFed
 from tests.support import build_config, chromium
 

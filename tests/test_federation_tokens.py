@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.errors import BadRequest, IdpError, InvalidState
+from gateway.core.errors import BadRequest, IdpError, InvalidState
 from gateway.federation.flow import (
     BACKCHANNEL_EVENT,
     ConsumedFlows,
@@ -29,7 +29,7 @@ from gateway.federation.flow import (
     verify_id_token,
     verify_logout_token,
 )
-from gateway.keys import STORE
+from gateway.http.keys import STORE
 from tests.oidc_provider import CLIENT_ID, Fed, MakeFed
 from tests.support import FakeClock, free_port
 
@@ -392,7 +392,7 @@ def test_config_identity_provider_defaults() -> None:
     ],
 )
 def test_config_identity_provider_errors_name_the_key(entry: dict[str, Any], message: str) -> None:
-    from gateway.errors import ConfigError
+    from gateway.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         _parse(entry)
@@ -400,7 +400,7 @@ def test_config_identity_provider_errors_name_the_key(entry: dict[str, Any], mes
 
 
 def test_config_identity_provider_duplicate_name_is_an_error() -> None:
-    from gateway.errors import ConfigError
+    from gateway.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         _parse(GOOD, GOOD)

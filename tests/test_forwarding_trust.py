@@ -14,9 +14,9 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from gateway.auth import check_origin, client_ip, own_origin, peer_trusted
 from gateway.config import Config
-from gateway.errors import CsrfFailed
+from gateway.core.errors import CsrfFailed
+from gateway.http.auth import check_origin, client_ip, own_origin, peer_trusted
 from tests.support import build_config
 
 PROXY = "10.0.0.5"  # a trusted proxy in the configs below

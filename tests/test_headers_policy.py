@@ -1,4 +1,4 @@
-"""Unit tests of the header policy both ways: `gateway/headers.py` (what of a client's request headers
+"""Unit tests of the header policy both ways: `gateway/proxy/headers.py` (what of a client's request headers
 reaches an upstream, and what the gateway adds) and `Forwarder.response_headers` (what of an upstream's
 answer reaches the client).
 
@@ -18,8 +18,8 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.config import Config
-from gateway.headers import HeaderPolicy, Identity, RequestFacts, encode_identity, fold
-from gateway.proxy import Forwarder
+from gateway.proxy.forward import Forwarder
+from gateway.proxy.headers import HeaderPolicy, Identity, RequestFacts, encode_identity, fold
 from tests.support import build_config
 
 CLIENT = "203.0.113.7"

@@ -1,4 +1,4 @@
-"""The HS* algorithms that check a key once (gateway/jwt_algorithms.py) accept and refuse what PyJWT does."""
+"""The HS* algorithms that check a key once (gateway/tokens/jwt_algorithms.py) accept and refuse what PyJWT does."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-import gateway.tokens  # noqa: F401 - installs the algorithms, as the gateway does
-from gateway.jwt_algorithms import _MAX_KEYS, _CheckedOnceHMAC
+import gateway.tokens.keyring  # noqa: F401 - installs the algorithms, as the gateway does
+from gateway.tokens.jwt_algorithms import _MAX_KEYS, _CheckedOnceHMAC
 
 SECRET = b"s" * 64  # long enough for HS512 too
 

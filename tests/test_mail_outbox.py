@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.app import create_app
-from gateway.keys import SESSIONS
+from gateway.http.keys import SESSIONS
 from tests.conftest import MakeConfig, MakeGateway
 from tests.mailbox import Mailbox, link_token
 from tests.support import FakeClock, free_port

@@ -12,9 +12,9 @@ import pytest
 
 from gateway.config import load_config
 from gateway.mfa.service import MfaService
-from gateway.sessions import SessionService
+from gateway.sessions.service import SessionService
 from gateway.store import PasskeyRecord, open_store
-from gateway.tokens import KeyRing
+from gateway.tokens.keyring import KeyRing
 from tests.support import write_toml
 from tests.test_cli import GATEWAY_SECRET, _config_text, add_user, assert_one_line_error, gw, revoked_at
 

@@ -17,7 +17,8 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from gateway.keys import CONFIG, MFA, SESSIONS
+from gateway.http.keys import CONFIG, SESSIONS
+from gateway.mfa.keys import MFA
 from gateway.mfa.secretbox import SecretBox, UnreadableSecret
 from tests.conftest import MakeConfig, MakeGateway
 from tests.support import FakeClock

@@ -11,7 +11,8 @@ import pyotp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.keys import MFA, SESSIONS
+from gateway.http.keys import SESSIONS
+from gateway.mfa.keys import MFA
 from tests.conftest import MakeConfig, MakeGateway
 from tests.support import FakeClock
 

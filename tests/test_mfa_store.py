@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gateway.config import StoreConfig
-from gateway.errors import Conflict
+from gateway.core.errors import Conflict
 from gateway.store import ChallengeRecord, PasskeyRecord, SessionRecord, Store, UserRecord, open_store
 
 T0 = 1_700_000_000.0

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gateway.config import MfaConfig, TokenConfig, masked, parse_config
-from gateway.errors import ConfigError
+from gateway.core.errors import ConfigError
 from gateway.mfa import recovery, totp
 from gateway.mfa.secretbox import SecretBox, UnreadableSecret
 

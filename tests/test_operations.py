@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.config import StoreConfig
-from gateway.keys import SESSIONS
+from gateway.http.keys import SESSIONS
 from tests.conftest import MakeConfig, MakeGateway
 from tests.support import SECRET, free_port, gateway_process, mint, wait_http
 
@@ -93,7 +93,7 @@ async def test_access_log_one_json_line_without_secrets(
     assert fields["route"] == "/api"
     assert (fields["method"], fields["status"], fields["user_id"], fields["session_id"]) == ("GET", 200, "user-42", "sess-42")
     assert fields["duration_ms"] >= fields["upstream_ms"] >= 0
-    from gateway.log import JsonFormatter
+    from gateway.core.log import JsonFormatter
 
     line = JsonFormatter().format(records[0])
     assert json.loads(line)["status"] == 200

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import RouteConfig
-from gateway.errors import BadRequest
-from gateway.paths import RouteTable, Target, normalize_target, under_prefix
+from gateway.core.errors import BadRequest
+from gateway.proxy.paths import RouteTable, Target, normalize_target, under_prefix
 from tests.support import build_config
 
 

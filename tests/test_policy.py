@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from gateway.authz.rules import Decision, Policy, compile_policy
 from gateway.config import parse_config
-from gateway.errors import ConfigError
-from gateway.policy import Decision, Policy, compile_policy
+from gateway.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

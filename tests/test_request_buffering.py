@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.config import parse_size
-from gateway.errors import ConfigError
+from gateway.core.errors import ConfigError
 from tests.conftest import MakeConfig, MakeGateway
 from tests.support import build_config
 

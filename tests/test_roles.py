@@ -18,9 +18,10 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway.authz.roles import change_roles
 from gateway.config import StoreConfig
-from gateway.keys import CONFIG, SESSIONS, WEBSOCKET_GRANTS
-from gateway.roles import change_roles
+from gateway.http.keys import CONFIG, SESSIONS
+from gateway.proxy.keys import WEBSOCKET_GRANTS
 from gateway.store import Store, open_store
 from tests.conftest import MakeConfig, MakeGateway
 from tests.support import SECRET, free_port, gateway_process, wait_http, write_toml

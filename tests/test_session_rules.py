@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from argon2 import PasswordHasher
 
-import gateway.passwords
-from gateway.errors import (
+import gateway.sessions.passwords
+from gateway.core.errors import (
     BadRequest,
     Conflict,
     EmailNotVerified,
@@ -28,9 +28,9 @@ from gateway.errors import (
     RefreshRejected,
     RefreshReused,
 )
-from gateway.sessions import SessionService, check_password, normalize_email
+from gateway.sessions.service import SessionService, check_password, normalize_email
 from gateway.store import UserRecord, open_store
-from gateway.tokens import KeyRing
+from gateway.tokens.keyring import KeyRing
 from tests.support import FakeClock, build_config
 
 EMAIL = "alice@example.com"
@@ -74,7 +74,7 @@ _CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 
 @pytest.fixture(autouse=True)
 def _cheap_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gateway.passwords, "_HASHER", _CHEAP)
+    monkeypatch.setattr(gateway.sessions.passwords, "_HASHER", _CHEAP)
 
 
 @pytest.fixture(scope="module")

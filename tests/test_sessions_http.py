@@ -20,7 +20,7 @@ from aiohttp import ClientResponse, WSMsgType
 from aiohttp.test_utils import TestClient
 from argon2 import PasswordHasher
 
-from gateway.keys import CONFIG, SESSIONS
+from gateway.http.keys import CONFIG, SESSIONS
 from gateway.store import UserRecord, open_store
 from tests.conftest import MakeConfig, MakeGateway
 from tests.support import FakeClock

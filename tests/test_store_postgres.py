@@ -46,7 +46,7 @@ async def test_postgres_concurrent_starts_migrate_once(pg_url: str) -> None:
 
 
 async def test_postgres_unreachable_server_is_store_unavailable() -> None:
-    from gateway.errors import StoreUnavailable
+    from gateway.core.errors import StoreUnavailable
 
     with pytest.raises(StoreUnavailable):
         await open_store(StoreConfig(url="postgresql://postgres@127.0.0.1:1/nothing"))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import StoreConfig
-from gateway.errors import Conflict, StoreError, StoreUnavailable
+from gateway.core.errors import Conflict, StoreError, StoreUnavailable
 from gateway.store import SessionRecord, Store, open_store
 from gateway.store.sqlite import MIGRATIONS
 from tests.store_contract import StoreContract

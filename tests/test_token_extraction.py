@@ -14,13 +14,13 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from gateway.auth import authenticate, extract_token
+from gateway.authz.grants import StaleGrants
 from gateway.config import Config
-from gateway.errors import BadRequest, CsrfFailed, TokenExpired, TokenInvalid, TokenMissing
-from gateway.grants import StaleGrants
-from gateway.keys import CLOCK, CONFIG, GRANTS, KEYRING, PRINCIPAL, REVOKED
-from gateway.revocations import RevokedSessions
-from gateway.tokens import KeyRing
+from gateway.core.errors import BadRequest, CsrfFailed, TokenExpired, TokenInvalid, TokenMissing
+from gateway.http.auth import authenticate, extract_token
+from gateway.http.keys import CLOCK, CONFIG, GRANTS, KEYRING, PRINCIPAL, REVOKED
+from gateway.sessions.revocations import RevokedSessions
+from gateway.tokens.keyring import KeyRing
 from tests.support import FakeClock, build_config
 
 

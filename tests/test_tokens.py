@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from gateway.config import TokenConfig
-from gateway.errors import ConfigError, TokenExpired, TokenInvalid
-from gateway.tokens import KeyRing, Principal
+from gateway.core.errors import ConfigError, TokenExpired, TokenInvalid
+from gateway.tokens.keyring import KeyRing, Principal
 from tests.support import OLD_SECRET, SECRET, build_config
 
 NOW = 1_700_000_000

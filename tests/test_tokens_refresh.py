@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gateway.config import TokenConfig
-from gateway.errors import TokenInvalid
-from gateway.tokens import KeyRing, hash_refresh_token, new_refresh_token
+from gateway.core.errors import TokenInvalid
+from gateway.tokens.keyring import KeyRing, hash_refresh_token, new_refresh_token
 from tests.support import OLD_SECRET, SECRET
 
 NOW = 1_700_000_000

@@ -21,10 +21,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-import gateway.tokens
+import gateway.tokens.keyring
 from gateway.config import TokenConfig
-from gateway.errors import ConfigError, TokenExpired, TokenInvalid
-from gateway.tokens import KeyRing, Principal
+from gateway.core.errors import ConfigError, TokenExpired, TokenInvalid
+from gateway.tokens.keyring import KeyRing, Principal
 from tests.support import SECRET
 
 NOW = 1_700_000_000
@@ -257,14 +257,14 @@ def test_verify_access_token_second_sight_is_served_from_the_cache(ring: KeyRing
 
 
 def test_verify_access_token_cache_never_exceeds_its_bound(ring: KeyRing, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gateway.tokens, "_CACHE_MAX", 8)
+    monkeypatch.setattr(gateway.tokens.keyring, "_CACHE_MAX", 8)
     for i, token in enumerate(_tokens(20, exp=NOW + TTL)):
         assert ring.verify_access_token(token, now=NOW).jti == f"jti-{NOW + TTL}-{i}"
         assert len(ring._cache) <= 8
 
 
 def test_verify_access_token_full_cache_drops_expired_entries_first(ring: KeyRing, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gateway.tokens, "_CACHE_MAX", 8)
+    monkeypatch.setattr(gateway.tokens.keyring, "_CACHE_MAX", 8)
     short, long = _tokens(5, exp=NOW + 10), _tokens(3, exp=NOW + TTL)
     for token in short + long:
         ring.verify_access_token(token, now=NOW)
@@ -274,7 +274,7 @@ def test_verify_access_token_full_cache_drops_expired_entries_first(ring: KeyRin
 
 
 def test_verify_access_token_full_cache_of_live_tokens_starts_over(ring: KeyRing, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gateway.tokens, "_CACHE_MAX", 8)
+    monkeypatch.setattr(gateway.tokens.keyring, "_CACHE_MAX", 8)
     short, long = _tokens(4, exp=NOW + 10), _tokens(4, exp=NOW + TTL)
     for token in short + long:
         ring.verify_access_token(token, now=NOW)
@@ -284,7 +284,7 @@ def test_verify_access_token_full_cache_of_live_tokens_starts_over(ring: KeyRing
 
 
 def test_verify_access_token_full_cache_with_leeway_keeps_entries_inside_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gateway.tokens, "_CACHE_MAX", 8)
+    monkeypatch.setattr(gateway.tokens.keyring, "_CACHE_MAX", 8)
     ring = KeyRing(token_config(leeway=timedelta(seconds=5)))
     in_leeway, gone = _tokens(3, exp=NOW + 10), _tokens(5, exp=NOW + 4)
     for token in in_leeway + gone:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
-from gateway.upstream_pool import UpstreamBroken, UpstreamPool
+from gateway.proxy.upstream.pool import UpstreamBroken, UpstreamPool
 from tests.conftest import MakeConfig, MakeGateway
 
 Action = bytes | None | Callable[[asyncio.StreamWriter], Awaitable[None]]

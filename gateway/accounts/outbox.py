@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from gateway.accounts.mailer import DeliveryError
-from gateway.errors import StoreError
-from gateway.log import store_log
+from gateway.core.errors import StoreError
+from gateway.core.log import store_log
 from gateway.store import OutboxMail, Store
 
 __all__ = ["MailSender", "retry_delay"]

@@ -13,18 +13,19 @@ from html import escape
 
 from aiohttp import web
 
-from gateway.auth import authenticate, client_ip
-from gateway.auth_routes import Handler, _read_body, check_anonymous_post
-from gateway.errors import BadRequest, GatewayError, NoRoute
-from gateway.keys import ACCOUNTS, CONFIG
+from gateway.accounts.keys import ACCOUNTS
+from gateway.core.errors import BadRequest, GatewayError, NoRoute
+from gateway.http.auth import authenticate, client_ip
+from gateway.http.keys import CONFIG
+from gateway.http.request import Handler, check_anonymous_post, read_body
+from gateway.http.responses import NO_STORE
 
 __all__ = ["endpoints"]
 
-_NO_STORE = {"Cache-Control": "no-store"}
 # The token sits in the page's URL: never send it to another site as a Referer, never let another site
 # frame the form. (`no-referrer` would make the form's POST carry `Origin: null`, which CSRF refuses.)
 _PAGE_HEADERS = {
-    **_NO_STORE,
+    **NO_STORE,
     "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
@@ -55,18 +56,18 @@ async def _signup(request: web.Request) -> web.StreamResponse:
     if not cfg.accounts.signup:
         raise NoRoute("sign-up is not enabled")
     check_anonymous_post(request, cfg)
-    data = await _read_body(request)
+    data = await read_body(request)
     if "email" not in data or "password" not in data:
         raise BadRequest("email and password are required")
     await request.app[ACCOUNTS].signup(data["email"], data["password"], ip=client_ip(request, cfg))
-    return web.json_response({"status": "pending"}, status=202, headers=_NO_STORE)
+    return web.json_response({"status": "pending"}, status=202, headers=NO_STORE)
 
 
 async def _email_only(request: web.Request) -> tuple[object, str]:
     """The `email` of a request that names only an address (resend, forgot), and the client address."""
     cfg = request.app[CONFIG]
     check_anonymous_post(request, cfg)
-    data = await _read_body(request)
+    data = await read_body(request)
     if "email" not in data:
         raise BadRequest("email is required")
     return data["email"], client_ip(request, cfg)
@@ -75,20 +76,20 @@ async def _email_only(request: web.Request) -> tuple[object, str]:
 async def _resend(request: web.Request) -> web.StreamResponse:
     email, ip = await _email_only(request)
     await request.app[ACCOUNTS].resend_verification(email, ip=ip)
-    return web.json_response({"status": "pending"}, status=202, headers=_NO_STORE)
+    return web.json_response({"status": "pending"}, status=202, headers=NO_STORE)
 
 
 async def _forgot(request: web.Request) -> web.StreamResponse:
     email, ip = await _email_only(request)
     await request.app[ACCOUNTS].forgot_password(email, ip=ip)
-    return web.json_response({"status": "pending"}, status=202, headers=_NO_STORE)
+    return web.json_response({"status": "pending"}, status=202, headers=NO_STORE)
 
 
 async def _verify(request: web.Request) -> web.StreamResponse:
     cfg = request.app[CONFIG]
     check_anonymous_post(request, cfg)
     page = _wants_page(request)
-    data = await _read_body(request)
+    data = await read_body(request)
     try:
         await request.app[ACCOUNTS].verify_email(data.get("token"), ip=client_ip(request, cfg))
     except GatewayError as exc:
@@ -97,14 +98,14 @@ async def _verify(request: web.Request) -> web.StreamResponse:
         return _page("Link not valid", f"<p>{escape(str(exc))}.</p>", status=exc.status)
     if page:
         return _page("Address verified", "<p>Your email address is verified. You can sign in now.</p>")
-    return web.Response(status=204, headers=_NO_STORE)
+    return web.Response(status=204, headers=NO_STORE)
 
 
 async def _reset(request: web.Request) -> web.StreamResponse:
     cfg = request.app[CONFIG]
     check_anonymous_post(request, cfg)
     page = _wants_page(request)
-    data = await _read_body(request)
+    data = await read_body(request)
     if "token" not in data or "password" not in data:
         raise BadRequest("token and password are required")
     try:
@@ -115,21 +116,21 @@ async def _reset(request: web.Request) -> web.StreamResponse:
         return _page("Password not changed", f"<p>{escape(str(exc))}.</p>", status=exc.status)
     if page:
         return _page("Password changed", "<p>Your new password is set and every session was signed out.</p>")
-    return web.Response(status=204, headers=_NO_STORE)
+    return web.Response(status=204, headers=NO_STORE)
 
 
 async def _change(request: web.Request) -> web.StreamResponse:
     cfg = request.app[CONFIG]
     principal = authenticate(request, required=True)
     assert principal is not None
-    data = await _read_body(request)
+    data = await read_body(request)
     if "current_password" not in data or "password" not in data:
         raise BadRequest("current_password and password are required")
     await request.app[ACCOUNTS].change_password(
         user_id=principal.sub, session_id=principal.sid, current=data["current_password"], new=data["password"],
         ip=client_ip(request, cfg),
     )  # fmt: skip
-    return web.Response(status=204, headers=_NO_STORE)
+    return web.Response(status=204, headers=NO_STORE)
 
 
 def _token_field(request: web.Request) -> str:

@@ -20,11 +20,11 @@ from typing import Any
 
 from gateway.accounts.mail import MailKind, render_mail
 from gateway.config import Config
-from gateway.errors import BadRequest, GatewayError, InvalidEmailToken, RateLimited, WrongCurrentPassword
-from gateway.log import audit, auth_log
-from gateway.sessions import SessionService, check_password, normalize_email
+from gateway.core.errors import BadRequest, GatewayError, InvalidEmailToken, RateLimited, WrongCurrentPassword
+from gateway.core.log import audit, auth_log
+from gateway.sessions.service import SessionService, check_password, normalize_email
 from gateway.store import EmailToken, Store
-from gateway.tokens import hash_refresh_token, new_refresh_token
+from gateway.tokens.keyring import hash_refresh_token, new_refresh_token
 
 __all__ = ["AccountService", "link_base"]
 

@@ -51,7 +51,7 @@ from gateway.config.values import (
     parse_duration,
     parse_size,
 )
-from gateway.errors import ConfigError
+from gateway.core.errors import ConfigError
 
 __all__ = [
     "AccountsConfig",

@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from gateway.policy import Policy
+from gateway.authz.rules import Policy
 
 AuthMode = Literal["required", "optional", "public"]
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from gateway.authz.rules import Policy, compile_policy
 from gateway.config.model import CookieConfig, RouteConfig, ServerConfig, TokenConfig
 from gateway.config.values import (
     _ALGORITHMS,
@@ -29,7 +30,6 @@ from gateway.config.values import (
     parse_duration,
     parse_size,
 )
-from gateway.policy import Policy, compile_policy
 
 
 def _server(t: _Table, base: Path) -> ServerConfig:

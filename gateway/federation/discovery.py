@@ -20,8 +20,8 @@ import aiohttp
 import jwt
 
 from gateway.config import IdentityProviderConfig
-from gateway.errors import IdpError
-from gateway.log import auth_log
+from gateway.core.errors import IdpError
+from gateway.core.log import auth_log
 
 __all__ = ["REFRESH_INTERVAL_S", "ProviderClient"]
 

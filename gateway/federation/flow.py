@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlencode, urlsplit
 import jwt
 from cryptography.fernet import Fernet, InvalidToken
 
-from gateway.errors import BadRequest, IdpError, InvalidState
+from gateway.core.errors import BadRequest, IdpError, InvalidState
 
 __all__ = [
     "BACKCHANNEL_EVENT",

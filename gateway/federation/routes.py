@@ -12,21 +12,21 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.auth import client_ip, own_origin
-from gateway.auth_routes import Handler, set_session_cookies
 from gateway.config import Config
-from gateway.errors import BadRequest, GatewayError
+from gateway.core.errors import BadRequest, GatewayError
+from gateway.core.log import auth_log
 from gateway.federation.discovery import ProviderClient
 from gateway.federation.flow import FLOW_TTL_S
+from gateway.federation.keys import FEDERATION
 from gateway.federation.service import FederationService
-from gateway.keys import CLOCK, CONFIG, FEDERATION, KEYRING, SESSIONS
-from gateway.log import auth_log
-from gateway.middleware import error_response
+from gateway.http.auth import client_ip, own_origin
+from gateway.http.keys import CLOCK, CONFIG, KEYRING, SESSIONS
+from gateway.http.request import Handler
+from gateway.http.responses import NO_STORE, error_response, set_session_cookies
 
 __all__ = ["FLOW_COOKIE", "endpoints", "federation_ctx"]
 
 FLOW_COOKIE = "oidc_flow"
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def _base(cfg: Config, name: str) -> str:
@@ -57,7 +57,7 @@ def _login(name: str) -> Handler:
         start = await request.app[FEDERATION].begin_login(
             name, return_to=request.query.get("return_to"), redirect_uri=redirect_uri
         )
-        response = web.Response(status=302, headers={"Location": start.location, **_NO_STORE})
+        response = web.Response(status=302, headers={"Location": start.location, **NO_STORE})
         _set_flow_cookie(response, cfg, name, start.cookie, max_age=FLOW_TTL_S)
         return response
 
@@ -82,10 +82,10 @@ def _callback(name: str) -> Handler:
         except GatewayError as exc:
             auth_log.info("federated_login_failed provider=%s reason=%s detail=%s", name, exc.code, exc.description)
             failed = error_response(exc)
-            failed.headers.update(_NO_STORE)
+            failed.headers.update(NO_STORE)
             _set_flow_cookie(failed, cfg, name, "", max_age=0)
             return failed
-        response = web.Response(status=302, headers={"Location": return_to, **_NO_STORE})
+        response = web.Response(status=302, headers={"Location": return_to, **NO_STORE})
         _set_flow_cookie(response, cfg, name, "", max_age=0)
         set_session_cookies(response, cfg, issued)
         return response
@@ -102,7 +102,7 @@ def _backchannel(name: str) -> Handler:
         if len(form.getall("logout_token", ())) != 1:
             raise BadRequest("exactly one logout_token is required")
         await request.app[FEDERATION].backchannel_logout(name, form.get("logout_token"))
-        return web.Response(status=200, headers=_NO_STORE)
+        return web.Response(status=200, headers=NO_STORE)
 
     return backchannel_logout
 

@@ -14,8 +14,9 @@ from typing import Any, Protocol
 
 import jwt
 
+from gateway.authz.roles import ROLE_PATTERN
 from gateway.config import Config, IdentityProviderConfig
-from gateway.errors import (
+from gateway.core.errors import (
     AccountNotFound,
     BadRequest,
     Conflict,
@@ -25,6 +26,7 @@ from gateway.errors import (
     InvalidState,
     NoRoute,
 )
+from gateway.core.log import audit
 from gateway.federation.flow import (
     ConsumedFlows,
     FlowSealer,
@@ -36,10 +38,8 @@ from gateway.federation.flow import (
     verify_id_token,
     verify_logout_token,
 )
-from gateway.log import audit
-from gateway.passwords import unusable_hash
-from gateway.roles import ROLE_PATTERN
-from gateway.sessions import Issued, SessionService, normalize_email
+from gateway.sessions.passwords import unusable_hash
+from gateway.sessions.service import Issued, SessionService, normalize_email
 from gateway.store import UserRecord
 
 __all__ = ["FederationService", "LoginStart", "ProviderPort"]

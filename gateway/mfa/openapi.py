@@ -1,4 +1,4 @@
-"""The OpenAPI paths of the second-factor endpoints, merged into gateway/openapi.py's document.
+"""The OpenAPI paths of the second-factor endpoints, merged into gateway/http/openapi.py's document.
 
 Must not: import aiohttp or describe anything `routes.py` does not do.
 """

@@ -38,10 +38,10 @@ from webauthn.helpers.structs import (
 )
 
 from gateway.config import Config
-from gateway.errors import BadRequest, Conflict, NoRoute, PasskeyInvalid, PasskeyRejected
-from gateway.log import audit
+from gateway.core.errors import BadRequest, Conflict, NoRoute, PasskeyInvalid, PasskeyRejected
+from gateway.core.log import audit
 from gateway.mfa import AMR_PASSKEY
-from gateway.sessions import Issued, SessionService, normalize_email
+from gateway.sessions.service import Issued, SessionService, normalize_email
 from gateway.store import ChallengeRecord, MfaStore, PasskeyRecord, UserRecord
 
 __all__ = ["CHALLENGE_TTL", "PasskeyService"]

@@ -10,18 +10,19 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.auth import authenticate, client_ip, own_origin
+from gateway.core.errors import BadRequest
+from gateway.http.auth import authenticate, client_ip, own_origin
+from gateway.http.keys import CONFIG
 
 # The login answer and body parsing are the login's own: shared, not copied, so both answer alike.
-from gateway.auth_routes import Handler, _flag, _iso, _read_body, _token_response, check_anonymous_post
-from gateway.errors import BadRequest
-from gateway.keys import CONFIG, MFA, PASSKEYS
+from gateway.http.request import Handler, check_anonymous_post, flag, read_body
+from gateway.http.responses import NO_STORE, iso, token_response
+from gateway.mfa.keys import MFA, PASSKEYS
 from gateway.store import PasskeyRecord
-from gateway.tokens import Principal
+from gateway.tokens.keyring import Principal
 
 __all__ = ["delete_passkey", "endpoints"]
 
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def _caller(request: web.Request) -> Principal:
@@ -45,45 +46,45 @@ async def totp_enroll(request: web.Request) -> web.StreamResponse:
     mfa = request.app[MFA]
     enrolment = await mfa.totp_enroll(await mfa.user(principal.sub))
     body = {"secret": enrolment.secret, "otpauth_uri": enrolment.otpauth_uri, "qr_svg": enrolment.qr_svg}
-    return web.json_response(body, headers=_NO_STORE)
+    return web.json_response(body, headers=NO_STORE)
 
 
 async def totp_confirm(request: web.Request) -> web.StreamResponse:
     """POST /auth/mfa/totp/confirm {code}: TOTP on; the ten recovery codes, shown this once."""
     principal = _caller(request)
-    codes = await request.app[MFA].totp_confirm(principal.sub, _code(await _read_body(request)))
-    return web.json_response({"recovery_codes": codes}, headers=_NO_STORE)
+    codes = await request.app[MFA].totp_confirm(principal.sub, _code(await read_body(request)))
+    return web.json_response({"recovery_codes": codes}, headers=NO_STORE)
 
 
 async def totp_disable(request: web.Request) -> web.StreamResponse:
     """DELETE /auth/mfa/totp {code}: TOTP off, recovery codes void."""
     principal = _caller(request)
-    await request.app[MFA].totp_disable(principal.sub, _code(await _read_body(request)))
-    return web.Response(status=204, headers=_NO_STORE)
+    await request.app[MFA].totp_disable(principal.sub, _code(await read_body(request)))
+    return web.Response(status=204, headers=NO_STORE)
 
 
 async def recovery_codes(request: web.Request) -> web.StreamResponse:
     """POST /auth/mfa/recovery-codes {code}: ten new recovery codes; the old ones are void."""
     principal = _caller(request)
-    codes = await request.app[MFA].regenerate_recovery_codes(principal.sub, _code(await _read_body(request)))
-    return web.json_response({"recovery_codes": codes}, headers=_NO_STORE)
+    codes = await request.app[MFA].regenerate_recovery_codes(principal.sub, _code(await read_body(request)))
+    return web.json_response({"recovery_codes": codes}, headers=NO_STORE)
 
 
 async def status(request: web.Request) -> web.StreamResponse:
     """GET /auth/mfa: which factors the caller has, and how the current session was authenticated."""
     principal = _caller(request)
     body = {**await request.app[MFA].status(principal.sub), "amr": list(principal.amr)}
-    return web.json_response(body, headers=_NO_STORE)
+    return web.json_response(body, headers=NO_STORE)
 
 
 async def login_mfa(request: web.Request) -> web.StreamResponse:
     """POST /auth/login/mfa {mfa_token, code | recovery_code}: the second step; answers as a login."""
     cfg = request.app[CONFIG]
     check_anonymous_post(request, request.app[CONFIG])
-    data = await _read_body(request)
+    data = await read_body(request)
     if "mfa_token" not in data or ("code" in data) == ("recovery_code" in data):
         raise BadRequest("mfa_token and exactly one of code or recovery_code are required")
-    in_body = _flag(data, "refresh_in_body")
+    in_body = flag(data, "refresh_in_body")
     issued, refresh_in_body = await request.app[MFA].finish_login(
         data["mfa_token"],
         code=data.get("code"),
@@ -91,7 +92,7 @@ async def login_mfa(request: web.Request) -> web.StreamResponse:
         user_agent=request.headers.get("User-Agent", ""),
         ip=client_ip(request, cfg),
     )
-    return _token_response(cfg, issued, refresh_in_body=refresh_in_body or in_body)
+    return token_response(cfg, issued, refresh_in_body=refresh_in_body or in_body)
 
 
 # -- passkeys --------------------------------------------------------------------------------
@@ -101,8 +102,8 @@ def _passkey_json(p: PasskeyRecord) -> dict[str, Any]:
     return {
         "id": p.id,
         "name": p.name,
-        "created_at": _iso(p.created_at),
-        "last_used_at": _iso(p.last_used_at) if p.last_used_at is not None else None,
+        "created_at": iso(p.created_at),
+        "last_used_at": iso(p.last_used_at) if p.last_used_at is not None else None,
         "transports": list(p.transports),
     }
 
@@ -114,34 +115,34 @@ async def passkey_register_options(request: web.Request) -> web.StreamResponse:
     options = await request.app[PASSKEYS].registration_options(
         user, own_origin=own_origin(request, request.app[CONFIG])
     )
-    return web.json_response(options, headers=_NO_STORE)
+    return web.json_response(options, headers=NO_STORE)
 
 
 async def passkey_register(request: web.Request) -> web.StreamResponse:
     """POST /auth/passkeys/register {credential, name?}: 201 {"id"}."""
     principal = _caller(request)
     user = await request.app[MFA].user(principal.sub)
-    data = await _read_body(request)
+    data = await read_body(request)
     record = await request.app[PASSKEYS].register(user, data, own_origin=own_origin(request, request.app[CONFIG]))
-    return web.json_response({"id": record.id}, status=201, headers=_NO_STORE)
+    return web.json_response({"id": record.id}, status=201, headers=NO_STORE)
 
 
 async def passkey_login_options(request: web.Request) -> web.StreamResponse:
     """POST /auth/passkeys/login/options [{email}]: request options for navigator.credentials.get()."""
     check_anonymous_post(request, request.app[CONFIG])
-    data = await _read_body(request)
+    data = await read_body(request)
     options = await request.app[PASSKEYS].login_options(
         data.get("email"), own_origin=own_origin(request, request.app[CONFIG])
     )
-    return web.json_response(options, headers=_NO_STORE)
+    return web.json_response(options, headers=NO_STORE)
 
 
 async def passkey_login(request: web.Request) -> web.StreamResponse:
     """POST /auth/passkeys/login {credential, remember_me?, refresh_in_body?}: answers as a login."""
     cfg = request.app[CONFIG]
     check_anonymous_post(request, request.app[CONFIG])
-    data = await _read_body(request)
-    remember_me, refresh_in_body = _flag(data, "remember_me"), _flag(data, "refresh_in_body")
+    data = await read_body(request)
+    remember_me, refresh_in_body = flag(data, "remember_me"), flag(data, "refresh_in_body")
     issued = await request.app[PASSKEYS].login(
         data,
         own_origin=own_origin(request, cfg),
@@ -149,21 +150,21 @@ async def passkey_login(request: web.Request) -> web.StreamResponse:
         user_agent=request.headers.get("User-Agent", ""),
         ip=client_ip(request, cfg),
     )
-    return _token_response(cfg, issued, refresh_in_body=refresh_in_body)
+    return token_response(cfg, issued, refresh_in_body=refresh_in_body)
 
 
 async def passkey_list(request: web.Request) -> web.StreamResponse:
     """GET /auth/passkeys: the caller's passkeys."""
     principal = _caller(request)
     passkeys = await request.app[PASSKEYS].list(principal.sub)
-    return web.json_response({"passkeys": [_passkey_json(p) for p in passkeys]}, headers=_NO_STORE)
+    return web.json_response({"passkeys": [_passkey_json(p) for p in passkeys]}, headers=NO_STORE)
 
 
 async def delete_passkey(request: web.Request, passkey_id: str) -> web.StreamResponse:
     """DELETE /auth/passkeys/{id}: 204; 404 for a passkey that is not the caller's."""
     principal = _caller(request)
     await request.app[PASSKEYS].delete(principal.sub, passkey_id)
-    return web.Response(status=204, headers=_NO_STORE)
+    return web.Response(status=204, headers=NO_STORE)
 
 
 def endpoints(prefix: str) -> dict[str, dict[str, Handler]]:

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.config import MfaConfig, TokenConfig
-from gateway.errors import StoreError
+from gateway.core.errors import StoreError
 
 __all__ = ["SecretBox", "UnreadableSecret"]
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import Config, Rate
-from gateway.errors import MfaCodeInvalid, MfaCodeRefused, MfaStateError, MfaTokenInvalid, NoRoute, RateLimited
-from gateway.log import audit
+from gateway.core.errors import MfaCodeInvalid, MfaCodeRefused, MfaStateError, MfaTokenInvalid, NoRoute, RateLimited
+from gateway.core.log import audit
 from gateway.mfa import AMR_RECOVERY, AMR_TOTP, recovery, totp
 from gateway.mfa.secretbox import SecretBox
-from gateway.sessions import Issued, SessionService
+from gateway.sessions.service import Issued, SessionService
 from gateway.store import ChallengeRecord, MfaStore, UserRecord
 
 __all__ = ["MFA_TOKEN_TRIES", "MFA_TOKEN_TTL", "Enrolment", "MfaService", "PendingLogin"]

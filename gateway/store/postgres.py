@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from gateway.config import Rate
-from gateway.errors import Conflict, StoreError, StoreUnavailable
+from gateway.core.errors import Conflict, StoreError, StoreUnavailable
 from gateway.store import (
     GCRA_SLACK,
     AccessChange,

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway.errors import StoreUnavailable
+from gateway.core.errors import StoreUnavailable
 from gateway.store import EmailToken, NewMail, OutboxMail
 
 __all__ = ["ACCOUNTS_MIGRATION", "PostgresAccounts"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.config import Rate
-from gateway.errors import Conflict, StoreError, StoreUnavailable
+from gateway.core.errors import Conflict, StoreError, StoreUnavailable
 from gateway.store import (
     GCRA_SLACK,
     AccessChange,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from typing import Any, TypeVar
 
-from gateway.errors import StoreUnavailable
+from gateway.core.errors import StoreUnavailable
 
 __all__ = ["Op", "Runner", "store_error"]
 

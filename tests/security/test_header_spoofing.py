@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.headers import encode_identity, fold
+from gateway.proxy.headers import encode_identity, fold
 from tests.conftest import MakeGateway
 from tests.support import FakeClock, build_config, mint
 

@@ -157,7 +157,7 @@ async def test_policy_forged_admin_role_is_401(gw: Client, forged: dict[str, Any
         kid = forged.pop("kid", "keep")
         if kid == "keep":
             from gateway.config import TokenConfig
-            from gateway.tokens import KeyRing
+            from gateway.tokens.keyring import KeyRing
 
             forged["kid"] = KeyRing(TokenConfig(secret=SECRET)).current_kid  # the real kid, the wrong key
         token = mint(roles=["admin"], **forged)

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from gateway.keys import SESSIONS, STORE
+from gateway.http.keys import SESSIONS, STORE
 from tests.conftest import MakeConfig, MakeGateway
 from tests.support import mint
 
@@ -140,7 +140,7 @@ async def test_login_nul_and_control_characters_in_email_are_400(gateway: Client
 async def test_homoglyph_fullwidth_email_cannot_register_twice(gateway: Client) -> None:
     service = gateway.server.app[SESSIONS]
     await service.add_user("admin@example.com", "password-123")
-    from gateway.errors import Conflict
+    from gateway.core.errors import Conflict
 
     try:
         await service.add_user("\uff41dmin@example.com", "password-456")  # fullwidth "a"
@@ -203,7 +203,7 @@ async def test_slow_request_body_is_cut_off_with_408(make_gateway: MakeGateway, 
 
 
 async def test_slow_auth_body_is_408(gateway: Client) -> None:
-    from gateway import auth_routes
+    from gateway.http import request as auth_routes
 
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway.server.port)
     old = auth_routes.AUTH_BODY_TIMEOUT
@@ -267,6 +267,6 @@ async def test_store_never_holds_a_refresh_token_in_plaintext(make_gateway: Make
     assert raw  # the database and its WAL were read
     for token in tokens:
         assert token.encode() not in raw
-    from gateway.tokens import hash_refresh_token
+    from gateway.tokens.keyring import hash_refresh_token
 
     assert hash_refresh_token(tokens[-1]).encode() in raw

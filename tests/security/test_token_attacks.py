@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from gateway.app import create_app
 from gateway.config import Config, TokenConfig
-from gateway.errors import ConfigError
-from gateway.keys import KEYRING
-from gateway.tokens import KeyRing
+from gateway.core.errors import ConfigError
+from gateway.http.keys import KEYRING
+from gateway.tokens.keyring import KeyRing
 from tests.support import OLD_SECRET, SECRET, FakeClock, mint
 
 Client = TestClient[Any, Any]

@@ -12,13 +12,13 @@ import argparse
 import ipaddress
 import time
 
+from gateway.authz.rules import Decision
 from gateway.config import Config
-from gateway.errors import GatewayError
-from gateway.paths import RouteTable, normalize_target, under_prefix
-from gateway.policy import Decision
-from gateway.sessions import normalize_email
+from gateway.core.errors import GatewayError
+from gateway.proxy.paths import RouteTable, normalize_target, under_prefix
+from gateway.sessions.service import normalize_email
 from gateway.store import Store
-from gateway.tokens import KeyRing, Principal
+from gateway.tokens.keyring import KeyRing, Principal
 
 __all__ = ["check_policy"]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import Config, LimitsConfig
-from gateway.errors import (
+from gateway.core.errors import (
     BadRequest,
     EmailNotVerified,
     InvalidCredentials,
@@ -23,10 +23,10 @@ from gateway.errors import (
     RefreshRejected,
     RefreshReused,
 )
-from gateway.log import audit
-from gateway.passwords import Passwords
+from gateway.core.log import audit
+from gateway.sessions.passwords import Passwords
 from gateway.store import SessionRecord, Store, UserRecord
-from gateway.tokens import KeyRing, hash_refresh_token, new_refresh_token
+from gateway.tokens.keyring import KeyRing, hash_refresh_token, new_refresh_token
 
 __all__ = ["Issued", "SessionService", "check_password", "normalize_email"]
 

@@ -38,7 +38,7 @@ _SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")  # RFC 6749 3.3 scope-token
 
 
 class Caller(Protocol):
-    """What a decision reads of a verified access token (gateway.tokens.Principal has these)."""
+    """What a decision reads of a verified access token (gateway.tokens.keyring.Principal has these)."""
 
     @property
     def email(self) -> str: ...

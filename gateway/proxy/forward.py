@@ -17,15 +17,16 @@ from aiohttp import WSMsgType, hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.auth import peer_trusted
 from gateway.config import Config, RouteConfig
-from gateway.errors import RequestTimeout, UpstreamError, UpstreamTimeout
-from gateway.headers import HOP_BY_HOP, HeaderPolicy, Identity, RequestFacts
-from gateway.keys import CLIENT, REQUEST_ID, UPSTREAM_POOL, UPSTREAM_SECONDS, WEBSOCKET_GRANTS, WEBSOCKETS
-from gateway.log import proxy_log
-from gateway.paths import RouteTable, Target
-from gateway.tokens import Principal
-from gateway.upstream_pool import UpstreamBroken, UpstreamResponse, UpstreamStalled
+from gateway.core.errors import RequestTimeout, UpstreamError, UpstreamTimeout
+from gateway.core.log import proxy_log
+from gateway.http.auth import peer_trusted
+from gateway.http.keys import CLIENT, REQUEST_ID, UPSTREAM_SECONDS
+from gateway.proxy.headers import HOP_BY_HOP, HeaderPolicy, Identity, RequestFacts
+from gateway.proxy.keys import UPSTREAM_POOL, WEBSOCKET_GRANTS, WEBSOCKETS
+from gateway.proxy.paths import RouteTable, Target
+from gateway.proxy.upstream.pool import UpstreamBroken, UpstreamResponse, UpstreamStalled
+from gateway.tokens.keyring import Principal
 
 __all__ = ["HOP_BY_HOP", "WS_CLOSE_REVOKED", "Forwarder", "close_stale_websockets", "close_websockets"]
 
@@ -79,7 +80,7 @@ class Forwarder:
         return path + "?" + target.query if target.query else path
 
     def request_headers(self, request: web.Request, route: RouteConfig, principal: Principal | None) -> CIMultiDict[str]:
-        """The upstream's request headers, by the config's HeaderPolicy (gateway/headers.py)."""
+        """The upstream's request headers, by the config's HeaderPolicy (gateway/proxy/headers.py)."""
         facts = RequestFacts(
             peer=request.remote or "",
             trusted=peer_trusted(request, self.cfg),

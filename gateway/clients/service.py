@@ -21,12 +21,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from gateway.authz.grants import REMOVED
 from gateway.config import Rate
-from gateway.errors import BadRequest, InvalidClient, InvalidScope, NoRoute, RateLimited
-from gateway.grants import REMOVED
-from gateway.log import audit
+from gateway.core.errors import BadRequest, InvalidClient, InvalidScope, NoRoute, RateLimited
+from gateway.core.log import audit
 from gateway.store import ClientRecord, Store
-from gateway.tokens import KeyRing
+from gateway.tokens.keyring import KeyRing
 
 __all__ = ["ClientService", "ClientToken", "FailureThrottle", "check_scope", "hash_client_secret"]
 

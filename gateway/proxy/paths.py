@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 from gateway.config import RouteConfig
-from gateway.errors import BadRequest
+from gateway.core.errors import BadRequest
 
 __all__ = ["RouteTable", "Target", "normalize_target", "under_prefix"]
 

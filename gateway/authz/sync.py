@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.errors import StoreError
-from gateway.keys import CLOCK, CONFIG, GRANTS, STORE
-from gateway.log import store_log
-from gateway.proxy import close_stale_websockets
-from gateway.tasks import change_window_s, running, spawn
+from gateway.core.errors import StoreError
+from gateway.core.log import store_log
+from gateway.core.tasks import change_window_s, running, spawn
+from gateway.http.keys import CLOCK, CONFIG, GRANTS, STORE
+from gateway.proxy.forward import close_stale_websockets
 
 __all__ = ["grants_ctx"]
 

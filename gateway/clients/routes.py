@@ -12,16 +12,17 @@ from urllib.parse import parse_qs, unquote_plus
 
 from aiohttp import BasicAuth, web
 
-from gateway.auth import client_ip
-from gateway.auth_routes import read_raw_body
-from gateway.clients import ClientService, FailureThrottle
-from gateway.errors import BadRequest, InvalidClient, UnsupportedGrantType
-from gateway.keys import CLIENTS, CLOCK, CONFIG, KEYRING, STORE
+from gateway.clients.keys import CLIENTS
+from gateway.clients.service import ClientService, FailureThrottle
+from gateway.core.errors import BadRequest, InvalidClient, UnsupportedGrantType
+from gateway.http.auth import client_ip
+from gateway.http.keys import CLOCK, CONFIG, KEYRING, STORE
+from gateway.http.request import read_raw_body
 
 __all__ = ["client_endpoints", "clients_ctx"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+from gateway.http.responses import NO_STORE
 
 
 async def _form(request: web.Request) -> dict[str, str]:
@@ -72,7 +73,7 @@ async def token(request: web.Request) -> web.StreamResponse:
         raise UnsupportedGrantType("this endpoint issues tokens for grant_type=client_credentials only")
     issued = await request.app[CLIENTS].issue(client_id, secret, scope=form.get("scope"), ip=client_ip(request, request.app[CONFIG]))
     body = {"access_token": issued.access_token, "token_type": "Bearer", "expires_in": issued.expires_in, "scope": issued.scope}
-    return web.json_response(body, headers=_NO_STORE)
+    return web.json_response(body, headers=NO_STORE)
 
 
 def client_endpoints(prefix: str) -> dict[str, dict[str, Handler]]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from gateway.errors import BadRequest, NoRoute
-from gateway.log import audit
+from gateway.core.errors import BadRequest, NoRoute
+from gateway.core.log import audit
 from gateway.store import Store, UserRecord
 
 __all__ = ["ROLE_PATTERN", "change_roles", "check_role"]

@@ -11,9 +11,9 @@ from urllib.parse import urlsplit
 from aiohttp import hdrs, web
 
 from gateway.config import Config
-from gateway.errors import BadRequest, CsrfFailed, TokenInvalid, TokenMissing
-from gateway.keys import CLOCK, CONFIG, GRANTS, KEYRING, PRINCIPAL, REVOKED
-from gateway.tokens import Principal
+from gateway.core.errors import BadRequest, CsrfFailed, TokenInvalid, TokenMissing
+from gateway.http.keys import CLOCK, CONFIG, GRANTS, KEYRING, PRINCIPAL, REVOKED
+from gateway.tokens.keyring import Principal
 
 __all__ = [
     "UNSAFE_METHODS",

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from gateway.config import Config, load_config, masked
-from gateway.errors import ConfigError, GatewayError
-from gateway.log import JsonFormatter, TextFormatter
+from gateway.core.errors import ConfigError, GatewayError
+from gateway.core.log import JsonFormatter, TextFormatter
 
 __all__ = ["main"]
 
@@ -145,9 +145,9 @@ def _serve(cfg: Config, config_path: str) -> int:
     from aiohttp import web
 
     from gateway.app import KEEPALIVE_TIMEOUT, create_app
-    from gateway.serving import ConnectionGuard, serve
-    from gateway.tokens import KeyRing
-    from gateway.workers import WORKER_ENV, supervise
+    from gateway.server.serving import ConnectionGuard, serve
+    from gateway.server.workers import WORKER_ENV, supervise
+    from gateway.tokens.keyring import KeyRing
 
     _setup_logging(cfg)
     keyring = KeyRing(cfg.tokens)
@@ -216,9 +216,9 @@ def _iso(ts: float) -> str:
 
 
 async def _admin(cfg: Config, args: argparse.Namespace) -> int:
-    from gateway.sessions import SessionService
+    from gateway.sessions.service import SessionService
     from gateway.store import open_store
-    from gateway.tokens import KeyRing
+    from gateway.tokens.keyring import KeyRing
 
     store = await open_store(cfg.store)
     try:
@@ -251,7 +251,7 @@ async def _admin(cfg: Config, args: argparse.Namespace) -> int:
                 revoked = await service.set_password(user.email, _read_password(from_stdin=args.password_stdin))
                 print(f"password set for {user.email}; revoked {len(revoked)} session(s)")
             elif args.action == "roles":
-                from gateway.roles import change_roles
+                from gateway.authz.roles import change_roles
 
                 user = await service.get_user(args.email)
                 if args.add or args.remove:
@@ -259,7 +259,7 @@ async def _admin(cfg: Config, args: argparse.Namespace) -> int:
                 for role in user.roles:
                     print(role)
         elif args.command == "clients":
-            from gateway.clients import ClientService, FailureThrottle
+            from gateway.clients.service import ClientService, FailureThrottle
 
             clients = ClientService(store=store, keys=service.keys, throttle=FailureThrottle(store, cfg.limits.login))
             if args.action == "add":
@@ -273,7 +273,7 @@ async def _admin(cfg: Config, args: argparse.Namespace) -> int:
                 await clients.remove(args.client_id)
                 print(f"removed client {args.client_id}")
         elif args.command == "check-policy":
-            from gateway.policy_check import check_policy
+            from gateway.authz.check import check_policy
 
             print("\n".join(await check_policy(cfg, store, service.keys, args)))
         elif args.command == "sessions":
@@ -303,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Only serve and check-config need the signing keys; the admin commands never sign a token.
         cfg = load_config(path, signing=args.command in ("serve", "check-config"))
         if args.command == "check-config":
-            from gateway.tokens import KeyRing
+            from gateway.tokens.keyring import KeyRing
 
             KeyRing(cfg.tokens)
             print(json.dumps(masked(cfg), indent=2))

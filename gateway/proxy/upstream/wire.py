@@ -18,7 +18,7 @@ import httptools
 from multidict import CIMultiDict
 
 if TYPE_CHECKING:
-    from gateway.upstream_pool import UpstreamPool
+    from gateway.proxy.upstream.pool import UpstreamPool
 
 __all__ = ["Connection", "Stale", "UpstreamBroken", "UpstreamResponse", "UpstreamStalled", "request_head"]
 

@@ -14,7 +14,14 @@ from collections.abc import AsyncIterable, Mapping
 
 from yarl import URL
 
-from gateway.upstream_wire import Connection, Stale, UpstreamBroken, UpstreamResponse, UpstreamStalled, request_head
+from gateway.proxy.upstream.wire import (
+    Connection,
+    Stale,
+    UpstreamBroken,
+    UpstreamResponse,
+    UpstreamStalled,
+    request_head,
+)
 
 __all__ = ["UpstreamBroken", "UpstreamPool", "UpstreamResponse", "UpstreamStalled"]
 

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.config import TokenConfig
-from gateway.errors import ConfigError, TokenExpired, TokenInvalid
-from gateway.jwt_algorithms import install as _install_jwt_algorithms
+from gateway.core.errors import ConfigError, TokenExpired, TokenInvalid
+from gateway.tokens.jwt_algorithms import install as _install_jwt_algorithms
 
 __all__ = [
     "KeyRing",

@@ -11,14 +11,14 @@ import ipaddress
 
 from aiohttp import web
 
-from gateway.auth import client_ip
+from gateway.authz.rules import IpAddress
 from gateway.config import RouteConfig
-from gateway.errors import InsufficientScope, InsufficientUserAuthentication, TokenMissing
-from gateway.keys import CONFIG, METRICS
-from gateway.log import auth_log
-from gateway.paths import Target
-from gateway.policy import IpAddress
-from gateway.tokens import Principal
+from gateway.core.errors import InsufficientScope, InsufficientUserAuthentication, TokenMissing
+from gateway.core.log import auth_log
+from gateway.http.auth import client_ip
+from gateway.http.keys import CONFIG, METRICS
+from gateway.proxy.paths import Target
+from gateway.tokens.keyring import Principal
 
 __all__ = ["enforce_policy"]
 
