@@ -5,6 +5,6 @@ Must not: do anything but call `cli.main`.
 
 import sys
 
-from gateway.cli.main import main
+from gateway.cli import main
 
 sys.exit(main())

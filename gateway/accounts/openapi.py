@@ -1,4 +1,4 @@
-"""The OpenAPI paths of self-service accounts, merged into the gateway's document by `gateway.openapi`.
+"""The OpenAPI paths of self-service accounts, merged into the gateway's document by `gateway.http.openapi`.
 
 Must not: import aiohttp or describe anything the handlers in `routes.py` do not do.
 """

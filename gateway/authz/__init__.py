@@ -1,0 +1,1 @@
+"""Authorization: route policies compiled at load and decided per request, roles, grants and their poll. Must not: read tokens."""

@@ -1,6 +1,6 @@
-"""Applies a route's policy to a request between authentication and forwarding: the HTTP edge of `policy.py`.
+"""Applies a route's policy to a request between authentication and forwarding: the HTTP edge of `rules.py`.
 
-Must not: hold rules (they are compiled in `policy.py`), or read the client address from anything but
+Must not: hold rules (they are compiled in `rules.py`), or read the client address from anything but
 `auth.client_ip` (the peer, or behind trusted proxies the real client): a forwarding header from an
 untrusted peer can never satisfy `networks`.
 """

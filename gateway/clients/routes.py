@@ -1,6 +1,6 @@
 """`POST /auth/token` (client credentials, RFC 6749 4.4 and 5.2) and the app resource behind it.
 
-Must not: hold client rules (they live in `clients.py`), accept credentials from a URL, or answer a
+Must not: hold client rules (they live in `service.py`), accept credentials from a URL, or answer a
 token without `Cache-Control: no-store`.
 """
 

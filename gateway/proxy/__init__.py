@@ -1,0 +1,1 @@
+"""Proxying: the forwarder, the header policy both ways, path normalization, the upstream connections."""

@@ -1,0 +1,1 @@
+"""Serving: the listening socket with its connection guard, and the worker supervisor."""

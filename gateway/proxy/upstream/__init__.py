@@ -1,0 +1,1 @@
+"""The gateway's own HTTP/1.1 upstream client: `wire.py` runs one exchange, `pool.py` keeps the connections."""

@@ -1,7 +1,7 @@
 """Keep-alive HTTP/1.1 connections to upstreams, per origin, most recently used first; a request
 that found its kept-alive connection closed before any answer is retried once when that is safe.
 
-Must not: parse HTTP or touch a connection's bytes (gateway.upstream_wire does), reuse a connection
+Must not: parse HTTP or touch a connection's bytes (gateway.proxy.upstream.wire does), reuse a connection
 its exchange did not hand back, or retry a request with a body or a method that is not idempotent.
 """
 
