@@ -43,7 +43,6 @@ class _RoutePlan:
     route: RouteConfig
     origin: str
     base_path: str
-    timeout: aiohttp.ClientTimeout
     seconds: float
     ws_timeout: aiohttp.ClientWSTimeout
 
@@ -64,7 +63,6 @@ class Forwarder:
                 route=route,
                 origin=str(url.origin()),
                 base_path=url.raw_path.rstrip("/"),
-                timeout=aiohttp.ClientTimeout(total=None, connect=t, sock_connect=t, sock_read=t),
                 seconds=t,
                 ws_timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=t),
             )
@@ -103,7 +101,7 @@ class Forwarder:
             )
         )  # fmt: skip
 
-    def response_headers(self, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+    def response_headers(self, upstream: UpstreamResponse) -> CIMultiDict[str]:
         """Upstream headers minus hop-by-hop and minus any Set-Cookie naming a gateway cookie."""
         named = {t.strip().lower() for v in upstream.headers.getall(hdrs.CONNECTION, ()) for t in v.split(",")}
         out: CIMultiDict[str] = CIMultiDict()
