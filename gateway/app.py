@@ -51,7 +51,7 @@ from gateway.proxy.keys import LIVE_ROUTES, UPSTREAM_POOL, WEBSOCKET_GRANTS, WEB
 from gateway.proxy.paths import RouteTable, normalize_target, under_prefix
 from gateway.proxy.upstream.pool import UpstreamPool
 from gateway.server.serving import request_finished, request_started
-from gateway.sessions import routes as auth_routes
+from gateway.sessions import routes as session_routes
 from gateway.sessions.revocations import RevokedSessions
 from gateway.sessions.service import SessionService
 from gateway.store import open_store
@@ -189,7 +189,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
     app[WEBSOCKET_GRANTS] = {}
     prefix = config.server.auth_prefix
     endpoints: dict[str, dict[str, Handler]] = {
-        **auth_routes.auth_endpoints(prefix),
+        **session_routes.auth_endpoints(prefix),
         **client_endpoints(prefix),
         **account_routes.endpoints(prefix),
         **federation_routes.endpoints(prefix, tuple(p.name for p in config.identity_providers)),
@@ -213,11 +213,11 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
         in_auth = under_prefix(path, prefix)
         request[ROUTE_LABEL] = "auth" if in_auth else "internal" if methods is not None else "none"
         if methods is None and in_auth:
-            await auth_routes.reject_token_in_url(request)
+            await session_routes.reject_token_in_url(request)
             if path.startswith(sessions_prefix) and "/" not in path[len(sessions_prefix) :]:
                 if request.method != "DELETE":
                     raise MethodNotAllowed("use DELETE", allow=("DELETE",))
-                return await auth_routes.delete_session(request, path[len(sessions_prefix) :])
+                return await session_routes.delete_session(request, path[len(sessions_prefix) :])
             if path.startswith(passkeys_prefix) and "/" not in path[len(passkeys_prefix) :]:
                 if request.method != "DELETE":
                     raise MethodNotAllowed("use DELETE", allow=("DELETE",))
@@ -225,7 +225,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
             raise NoRoute(f"no gateway endpoint at {path}")
         if methods is not None:
             if in_auth:
-                await auth_routes.reject_token_in_url(request)
+                await session_routes.reject_token_in_url(request)
             handler = methods.get(request.method) or (methods.get("GET") if request.method == "HEAD" else None)
             if handler is None:
                 raise MethodNotAllowed(f"{request.method} is not allowed here", allow=tuple(methods))

@@ -1,1 +1,3 @@
-"""Authorization: route policies compiled at load and decided per request, roles, grants and their poll. Must not: read tokens."""
+"""Authorization: route policies compiled at load and decided per request, roles, grants and their poll.
+
+Must not: render a response (`enforce.py` raises, the middleware renders)."""

@@ -7,7 +7,7 @@ token without `Cache-Control: no-store`.
 from __future__ import annotations
 
 import binascii
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, unquote_plus
 
 from aiohttp import BasicAuth, web
@@ -17,12 +17,10 @@ from gateway.clients.service import ClientService, FailureThrottle
 from gateway.core.errors import BadRequest, InvalidClient, UnsupportedGrantType
 from gateway.http.auth import client_ip
 from gateway.http.keys import CLOCK, CONFIG, KEYRING, STORE
-from gateway.http.request import read_raw_body
+from gateway.http.request import Handler, read_raw_body
+from gateway.http.responses import NO_STORE
 
 __all__ = ["client_endpoints", "clients_ctx"]
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-from gateway.http.responses import NO_STORE
 
 
 async def _form(request: web.Request) -> dict[str, str]:

@@ -38,7 +38,7 @@ CONFIG = web.AppKey("config", Config)
 # Epoch seconds; tests inject a fake clock to move time without sleeping.
 CLOCK = web.AppKey("clock", Callable[[], float])
 KEYRING = web.AppKey("keyring", KeyRing)
-STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
+STORE = web.AppKey("store", Store)
 SESSIONS = web.AppKey("sessions", SessionService)
 # aiohttp's client, for what the upstream pool does not carry: WebSockets and the identity providers.
 CLIENT = web.AppKey("client", ClientSession)

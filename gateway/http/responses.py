@@ -6,6 +6,7 @@ Must not: decide anything; handlers and the middleware call these with what they
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from aiohttp import web
@@ -25,7 +26,8 @@ __all__ = [
 ]
 
 # Answers that carry a token, a secret or a user's data: no cache may keep them (RFC 6749 5.1 names both headers).
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# Read-only: every route module shares this one mapping.
+NO_STORE = MappingProxyType({"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
 def _quote(text: str) -> str:
