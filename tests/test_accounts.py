@@ -340,3 +340,29 @@ async def test_reset_closes_the_users_proxied_websocket_within_a_second(
         msg = await ws.receive(timeout=5)
         assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING)
         assert time.monotonic() - started < 1.0
+
+
+# -- one address at every door (issue 19: two-address emails) ----------------------------------
+
+
+@pytest.mark.parametrize("address", ["attacker@evil.com,ceo@corp.com", "mallory@evil.com.", "a@corp.com;b@evil.com"])
+async def test_an_address_that_is_not_one_address_is_refused_at_every_door(
+    make_gateway: MakeGateway, make_config: MakeConfig, mailbox: Mailbox, address: str
+) -> None:
+    """Before this stop each of these was one "address": policy read its domain as corp.com (or
+    evil.com. past a deny of evil.com) while the mail went to the attacker's own box."""
+    client = await _gateway(make_gateway, make_config, mailbox)
+    await client.app[SESSIONS].add_user(EMAIL, PASSWORD)
+    doors = [
+        ("/auth/signup", {"email": address, "password": PASSWORD}),
+        ("/auth/login", {"email": address, "password": PASSWORD}),
+        ("/auth/password/forgot", {"email": address}),
+        ("/auth/verify-email/resend", {"email": address}),
+    ]
+    for path, body in doors:
+        resp = await client.post(path, json=body)
+        assert resp.status == 400, (path, resp.status)
+        assert (await resp.json())["error"] == "invalid_request", path
+    await asyncio.sleep(0.3)  # anything queued would be on its way by now
+    assert mailbox.messages() == []
+    assert [u.email for u in await client.app[SESSIONS].store.list_users()] == [EMAIL]

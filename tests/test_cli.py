@@ -308,7 +308,8 @@ def test_users_add_creates_user_shown_by_list(config_path: Path) -> None:
     listed = gw(config_path, "users", "list")
     assert listed.returncode == 0, listed.stderr
     (line,) = listed.stdout.splitlines()
-    assert line.split("\t")[1:3] == ["Alice@Example.com", "active"]
+    # trimmed, and the domain in its one normal form (DNS names have no case)
+    assert line.split("\t")[1:3] == ["Alice@example.com", "active"]
     assert PASSWORD not in result.stdout + result.stderr + listed.stdout
 
 
@@ -548,3 +549,11 @@ def test_sessions_revoke_cli_kills_session_of_running_gateway(tmp_path: Path, db
         assert "revoked" in error["error_description"]
         status, error = _post_json(f"{base}/refresh-token", {"refresh_token": body["refresh_token"]})
         assert (status, error["error"]) == (403, "invalid_refresh_token")
+
+
+@pytest.mark.parametrize("address", ["attacker@evil.com,ceo@corp.com", "mallory@evil.com.", '"ceo"@corp.com'])
+def test_users_add_refuses_what_is_not_one_address(config_path: Path, address: str) -> None:
+    result = add_user(config_path, address)
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.count("\n") == 1 and "email is not a valid address" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from email_validator import EmailNotValidError, validate_email
+
 from gateway.config import Config, LimitsConfig
 from gateway.core.errors import (
     BadRequest,
@@ -34,18 +36,28 @@ _MIN_PASSWORD, _MAX_PASSWORD = 8, 1024
 
 
 def normalize_email(raw: object) -> tuple[str, str]:
-    """(email as entered but trimmed, its unique key); raises BadRequest for anything not an email."""
+    """(the one address this names, its unique key); BadRequest for anything that is not one address.
+
+    email-validator parses it (syntax only, no DNS): a comma, a second `@`, quotes, comments, a
+    display name or a trailing dot are refused rather than read two ways, so the address a mail is
+    sent to is the address policy reads. Its domain comes back lower-cased and IDNA-normalised.
+    """
     if not isinstance(raw, str):
         raise BadRequest("email must be a string")
     email = raw.strip()
-    local, at, domain = email.rpartition("@")
-    if not at or not local or not domain or len(email) > 254 or "." not in domain.strip("."):
-        raise BadRequest("email is not a valid address")
     if any(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in email):
         raise BadRequest("email must not contain spaces or control characters")
+    try:
+        # test_environment: a `.test` domain is a name like any other here (the tests and many
+        # staging set-ups use one); the library's other reserved names (localhost, invalid, local,
+        # onion, arpa) stay refused.
+        parsed = validate_email(email, check_deliverability=False, test_environment=True)
+    except EmailNotValidError as exc:
+        raise BadRequest(f"email is not a valid address ({exc})") from None
+    shown = parsed.normalized
     # NFKC folds compatibility forms (fullwidth letters, ligatures) so look-alike spellings of one
     # address cannot become two accounts; casefold makes the comparison case-insensitive.
-    return email, unicodedata.normalize("NFKC", email).casefold()
+    return shown, unicodedata.normalize("NFKC", shown).casefold()
 
 
 def check_password(password: object) -> str:
