@@ -15,7 +15,16 @@ import pytest
 
 from gateway.config import StoreConfig
 from gateway.core.errors import Conflict
-from gateway.store import ChallengeRecord, PasskeyRecord, SessionRecord, Store, UserRecord, open_store
+from gateway.store import (
+    ChallengeRecord,
+    EmailToken,
+    NewMail,
+    PasskeyRecord,
+    SessionRecord,
+    Store,
+    UserRecord,
+    open_store,
+)
 
 T0 = 1_700_000_000.0
 
@@ -41,6 +50,14 @@ def _passkey(user: UserRecord, credential_id: str = "cred-1", count: int = 0) ->
         id=str(uuid.uuid4()), user_id=user.id, credential_id=credential_id, public_key="pQECAyYgASFYIA",
         sign_count=count, name="laptop", transports=("internal", "hybrid"), created_at=T0,
     )  # fmt: skip
+
+
+def _email_token(kind: str, n: int = 0) -> EmailToken:
+    return EmailToken(token_hash=f"token-{kind}-{n}", kind=kind, expires_at=T0 + 3600)
+
+
+def _mail() -> NewMail:
+    return NewMail(sender="no-reply@example.com", recipient="victim@corp.com", message="Subject: x\n\nx")
 
 
 def _challenge(
@@ -248,6 +265,66 @@ class MfaStoreContract:
         assert (await store.find_session(session_id=s2.id)).revoked_at is None
         assert len(await store.passkey_list(other.id)) == 1
         assert [e.session_id for e in await store.revocations_since(0)] == [s1.id]
+
+
+    # -- what a new password, a disabled user or a takeover voids ------------------------------
+
+    async def test_challenge_claim_is_once_until_it_expires(self, store: Any) -> None:
+        c = _challenge(None, kind="oidc_flow", ttl=60)
+        assert await store.challenge_claim(c, now=T0) is True
+        assert await store.challenge_claim(c, now=T0 + 59) is False
+        # concurrent claims of one key: exactly one wins
+        d = _challenge(None, kind="oidc_flow", ttl=60)
+        wins = await asyncio.gather(*(store.challenge_claim(d, now=T0) for _ in range(8)))
+        assert sorted(wins) == [False] * 7 + [True]
+        # once expired it is dropped, and the key may be claimed again
+        assert await store.challenge_claim(c, now=T0 + 61) is True
+
+    async def test_new_password_or_disable_voids_pending_challenges_and_email_tokens(self, store: Any) -> None:
+        user, other = await _user(store), await _user(store, "bob@example.com")
+        for n, changes in enumerate(({"password_hash": "new-hash"}, {"disabled": True})):
+            mine, theirs = _challenge(user), _challenge(other)
+            await store.challenge_put(mine, now=T0)
+            await store.challenge_put(theirs, now=T0)
+            await store.issue_email_token(user.id, token=_email_token("verify", n), mail=_mail(), now=T0)
+            await store.update_user(user.id, now=T0 + 1, **changes)
+            assert await store.challenge_take(mine.key_hash, kind="mfa_login", now=T0 + 2) is None
+            assert await store.redeem_email_token(_email_token("verify", n).token_hash, kind="verify", now=T0 + 2) is None
+            assert await store.challenge_take(theirs.key_hash, kind="mfa_login", now=T0 + 2) is not None
+            await store.update_user(user.id, now=T0 + 3, disabled=False)
+
+    async def test_change_password_voids_pending_challenges(self, store: Any) -> None:
+        user = await _user(store)
+        c = _challenge(user)
+        await store.challenge_put(c, now=T0)
+        keep = await _session(store, user)
+        assert await store.change_password(user.id, password_hash="new", now=T0 + 1, keep_session_id=keep.id) == []
+        assert await store.challenge_take(c.key_hash, kind="mfa_login", now=T0 + 2) is None
+
+    async def test_take_over_unverified_strips_the_account(self, store: Any) -> None:
+        ok = await store.signup_user(
+            user_id=str(uuid.uuid4()), email="victim@corp.com", email_key="victim@corp.com", password_hash="attacker",
+            now=T0, token=_email_token("verify"), mail=_mail(),
+        )  # fmt: skip
+        assert ok is True
+        user = await store.get_user(email_key="victim@corp.com")
+        await store.totp_begin(user.id, secret="s", now=T0)
+        await store.totp_confirm(user.id, step=1, recovery_hashes=["a"], now=T0)
+        await store.passkey_add(_passkey(user))
+        c = _challenge(user)
+        await store.challenge_put(c, now=T0)
+        s1 = await _session(store, user)
+        assert await store.take_over_unverified(user.id, password_hash="unusable", now=T0 + 1) == [s1.id]
+        after = await store.get_user(user_id=user.id)
+        assert after.password_hash == "unusable" and await store.is_email_verified(user.id)
+        assert await store.totp_get(user.id) is None and await store.recovery_count(user.id) == 0
+        assert await store.passkey_list(user.id) == []
+        assert await store.challenge_take(c.key_hash, kind="mfa_login", now=T0 + 2) is None
+        assert await store.redeem_email_token(_email_token("verify").token_hash, kind="verify", now=T0 + 2) is None
+        assert (await store.find_session(session_id=s1.id)).revoked_reason == "account_taken_over"
+        # a verified address is never taken over (nor twice)
+        assert await store.take_over_unverified(user.id, password_hash="again", now=T0 + 3) is None
+        assert (await store.get_user(user_id=user.id)).password_hash == "unusable"
 
 
 @pytest.fixture

@@ -185,7 +185,8 @@ class Store(Protocol):
     async def update_user(
         self, user_id: str, *, now: float, password_hash: str | None = None, disabled: bool | None = None
     ) -> list[str]:
-        """Changes a user and revokes every live session of theirs; returns the revoked session ids."""
+        """Changes a user; a new password or disabling also revokes every live session of theirs and
+        voids their unused email tokens and pending challenges (mfa_tokens). Returns the revoked ids."""
 
     async def create_session(self, session: SessionRecord, *, token_hash: str) -> None:
         """Stores a new session and its first refresh-token hash."""
@@ -291,11 +292,18 @@ class Store(Protocol):
         self, token_hash: str, *, kind: str, now: float, password_hash: str | None = None
     ) -> tuple[str, list[str]] | None:
         """Uses up a live token of `kind` of an enabled user: marks the address verified and, with
-        `password_hash` (a reset), sets it and revokes every session. Returns (user id, revoked
+        `password_hash` (a reset), sets it, voids the user's other email tokens and challenges and
+        revokes every session. Returns (user id, revoked
         session ids), or None when the token is unknown, used, voided, expired or its user disabled."""
 
     async def set_email_verified(self, user_id: str, *, now: float) -> None:
         """Marks the user's address verified (`gateway users verify`)."""
+
+    async def take_over_unverified(self, user_id: str, *, password_hash: str, now: float) -> list[str] | None:
+        """A federated login that proved the address takes over an account that never verified it:
+        sets `password_hash`, marks it verified, removes every second factor, voids its email tokens
+        and challenges and revokes its sessions, atomically. The revoked ids; None (nothing written)
+        when the address is verified by now."""
 
     async def is_email_verified(self, user_id: str) -> bool:
         """Whether the user's address is verified (False for an unknown id)."""
@@ -304,7 +312,8 @@ class Store(Protocol):
         """Ids of users whose address is not verified (users made by sign-up, until they verify)."""
 
     async def change_password(self, user_id: str, *, password_hash: str, now: float, keep_session_id: str) -> list[str]:
-        """Sets a new password and revokes every live session of the user but `keep_session_id`."""
+        """Sets a new password, voids the user's email tokens and challenges, and revokes every live
+        session of the user but `keep_session_id`."""
 
     async def enqueue_mail(self, mail: NewMail, *, now: float) -> None:
         """Queues a mail for the sender task."""
@@ -396,6 +405,10 @@ class MfaStore(Protocol):
 
     async def challenge_put(self, challenge: ChallengeRecord, *, now: float) -> None:
         """Stores a challenge (and drops every expired one)."""
+
+    async def challenge_claim(self, challenge: ChallengeRecord, *, now: float) -> bool:
+        """Stores a challenge unless a live one has its key: False then (a value already used once,
+        such as a login callback or a logout token's jti). Drops every expired one."""
 
     async def challenge_try(self, key_hash: str, *, kind: str, now: float, max_tries: int) -> ChallengeRecord | None:
         """Counts one try; the record with its new count, or None when unknown, expired or out of tries."""

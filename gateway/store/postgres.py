@@ -28,7 +28,7 @@ from gateway.store import (
     gcra_interval,
     gcra_wait,
 )
-from gateway.store.postgres_accounts import ACCOUNTS_MIGRATION, PostgresAccounts
+from gateway.store.postgres_accounts import ACCOUNTS_MIGRATION, PostgresAccounts, void_pending
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
@@ -290,6 +290,7 @@ class PostgresStore(PostgresAccounts):
                     await conn.execute("UPDATE users SET disabled = $1, updated_at = $2 WHERE id = $3", disabled, now, user_id)
                 if password_hash is None and not disabled:
                     return []
+                await void_pending(conn, user_id, now)
                 reason = "password_changed" if password_hash is not None else "user_disabled"
                 return await _revoke_where(conn, "user_id = $3", user_id, now=now, reason=reason)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -624,6 +625,20 @@ class PostgresStore(PostgresAccounts):
                     "INSERT INTO mfa_challenges (key_hash, kind, user_id, payload, expires_at, tries) VALUES ($1, $2, $3, $4, $5, $6)",
                     c.key_hash, c.kind, c.user_id, c.payload, c.expires_at, c.tries,
                 )  # fmt: skip
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+
+    async def challenge_claim(self, challenge: ChallengeRecord, *, now: float) -> bool:
+        c = challenge
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("DELETE FROM mfa_challenges WHERE expires_at <= $1", now)
+                done = await conn.execute(
+                    "INSERT INTO mfa_challenges (key_hash, kind, user_id, payload, expires_at, tries) VALUES ($1, $2, $3, $4, $5, $6)"
+                    " ON CONFLICT (key_hash) DO NOTHING",
+                    c.key_hash, c.kind, c.user_id, c.payload, c.expires_at, c.tries,
+                )  # fmt: skip
+                return bool(done == "INSERT 0 1")
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
 

@@ -17,7 +17,7 @@ import asyncpg
 from gateway.core.errors import StoreUnavailable
 from gateway.store import EmailToken, NewMail, OutboxMail
 
-__all__ = ["ACCOUNTS_MIGRATION", "PostgresAccounts"]
+__all__ = ["ACCOUNTS_MIGRATION", "PostgresAccounts", "void_pending"]
 
 # Existing users (made by `gateway users add`) default to verified; sign-up inserts FALSE.
 ACCOUNTS_MIGRATION = """
@@ -48,6 +48,13 @@ ACCOUNTS_MIGRATION = """
 """
 
 _ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+async def void_pending(conn: Any, user_id: str, now: float) -> None:
+    """Voids what a user's old password or enabled state vouched for: unused email tokens, pending
+    mfa_tokens and WebAuthn challenges (a new password, a disabled user or a takeover end them)."""
+    await conn.execute("UPDATE email_tokens SET used_at = $1 WHERE user_id = $2 AND used_at IS NULL", now, user_id)
+    await conn.execute("DELETE FROM mfa_challenges WHERE user_id = $1", user_id)
 
 
 async def _insert_token(conn: asyncpg.Connection, user_id: str, token: EmailToken, now: float) -> None:
@@ -119,7 +126,27 @@ class PostgresAccounts:
                 if password_hash is None:
                     return user_id, []
                 await conn.execute("UPDATE users SET password_hash = $1 WHERE id = $2", password_hash, user_id)
+                await void_pending(conn, user_id, now)
                 return user_id, await self._revoke(conn, "user_id = $3", user_id, now=now, reason="password_reset")
+        except _ERRORS as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+
+    async def take_over_unverified(self, user_id: str, *, password_hash: str, now: float) -> list[str] | None:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                # Only while still unverified: of a takeover and a verification racing, one wins.
+                taken = await conn.fetchval(
+                    "UPDATE users SET password_hash = $1, email_verified = TRUE, updated_at = $2"
+                    " WHERE id = $3 AND NOT email_verified RETURNING id",
+                    password_hash, now, user_id,
+                )  # fmt: skip
+                if taken is None:
+                    return None
+                await void_pending(conn, user_id, now)
+                for table in ("mfa_totp", "mfa_recovery_codes", "passkeys"):
+                    await conn.execute(f"DELETE FROM {table} WHERE user_id = $1", user_id)
+                revoked: list[str] = await self._revoke(conn, "user_id = $3", user_id, now=now, reason="account_taken_over")
+                return revoked
         except _ERRORS as exc:
             raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
 
@@ -148,6 +175,7 @@ class PostgresAccounts:
                 await conn.execute(
                     "UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3", password_hash, now, user_id
                 )
+                await void_pending(conn, user_id, now)
                 return await self._revoke(
                     conn, "user_id = $3 AND id <> $4", user_id, keep_session_id, now=now, reason="password_changed"
                 )

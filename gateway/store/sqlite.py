@@ -33,7 +33,7 @@ from gateway.store import (
     gcra_interval,
     gcra_wait,
 )
-from gateway.store.sqlite_accounts import ACCOUNTS_MIGRATION, SqliteAccounts
+from gateway.store.sqlite_accounts import ACCOUNTS_MIGRATION, SqliteAccounts, void_pending
 from gateway.store.sqlite_runner import Op, Runner
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
@@ -320,6 +320,7 @@ class SqliteStore(SqliteAccounts):
                 db.execute("UPDATE users SET disabled = ?, updated_at = ? WHERE id = ?", (int(disabled), now, user_id))
             if password_hash is None and not disabled:
                 return []
+            void_pending(db, user_id, now)
             reason = "password_changed" if password_hash is not None else "user_disabled"
             return _revoke_where(db, "user_id = ?", (user_id,), now=now, reason=reason)
 
@@ -637,6 +638,19 @@ class SqliteStore(SqliteAccounts):
             )
 
         await self._do(op, write=True)
+
+    async def challenge_claim(self, challenge: ChallengeRecord, *, now: float) -> bool:
+        c = challenge
+
+        def op(db: sqlite3.Connection) -> bool:
+            db.execute("DELETE FROM mfa_challenges WHERE expires_at <= ?", (now,))
+            return bool(db.execute(
+                "INSERT INTO mfa_challenges (key_hash, kind, user_id, payload, expires_at, tries) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (key_hash) DO NOTHING",
+                (c.key_hash, c.kind, c.user_id, c.payload, c.expires_at, c.tries),
+            ).rowcount)  # fmt: skip
+
+        return await self._do(op, write=True)
 
     async def challenge_try(self, key_hash: str, *, kind: str, now: float, max_tries: int) -> ChallengeRecord | None:
         def op(db: sqlite3.Connection) -> ChallengeRecord | None:

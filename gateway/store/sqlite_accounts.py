@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from gateway.store import EmailToken, NewMail, OutboxMail
 
-__all__ = ["ACCOUNTS_MIGRATION", "SqliteAccounts"]
+__all__ = ["ACCOUNTS_MIGRATION", "SqliteAccounts", "void_pending"]
 
 T = TypeVar("T")
 
@@ -49,6 +49,13 @@ ACCOUNTS_MIGRATION = """
 """
 
 RevokeWhere = Callable[..., list[str]]
+
+
+def void_pending(db: sqlite3.Connection, user_id: str, now: float) -> None:
+    """Voids what a user's old password or enabled state vouched for: unused email tokens, pending
+    mfa_tokens and WebAuthn challenges (a new password, a disabled user or a takeover end them)."""
+    db.execute("UPDATE email_tokens SET used_at = ? WHERE user_id = ? AND used_at IS NULL", (now, user_id))
+    db.execute("DELETE FROM mfa_challenges WHERE user_id = ?", (user_id,))
 
 
 def _insert_token(db: sqlite3.Connection, user_id: str, token: EmailToken, now: float) -> None:
@@ -119,6 +126,7 @@ class SqliteAccounts:
             if password_hash is None:
                 return user_id, []
             db.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+            void_pending(db, user_id, now)
             return user_id, self._revoke(db, "user_id = ?", (user_id,), now=now, reason="password_reset")
 
         result: tuple[str, list[str]] | None = await self._do(op, write=True)
@@ -129,6 +137,23 @@ class SqliteAccounts:
             lambda db: db.execute("UPDATE users SET email_verified = 1, updated_at = ? WHERE id = ?", (now, user_id)),
             write=True,
         )
+
+    async def take_over_unverified(self, user_id: str, *, password_hash: str, now: float) -> list[str] | None:
+        def op(db: sqlite3.Connection) -> list[str] | None:
+            # Only while still unverified: of a takeover and a verification racing, one wins.
+            taken = db.execute(
+                "UPDATE users SET password_hash = ?, email_verified = 1, updated_at = ? WHERE id = ? AND email_verified = 0",
+                (password_hash, now, user_id),
+            ).rowcount
+            if not taken:
+                return None
+            void_pending(db, user_id, now)
+            for table in ("mfa_totp", "mfa_recovery_codes", "passkeys"):
+                db.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
+            return self._revoke(db, "user_id = ?", (user_id,), now=now, reason="account_taken_over")
+
+        result: list[str] | None = await self._do(op, write=True)
+        return result
 
     async def is_email_verified(self, user_id: str) -> bool:
         rows = await self._do(
@@ -143,6 +168,7 @@ class SqliteAccounts:
     async def change_password(self, user_id: str, *, password_hash: str, now: float, keep_session_id: str) -> list[str]:
         def op(db: sqlite3.Connection) -> list[str]:
             db.execute("UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?", (password_hash, now, user_id))
+            void_pending(db, user_id, now)
             return self._revoke(
                 db, "user_id = ? AND id <> ?", (user_id, keep_session_id), now=now, reason="password_changed"
             )
