@@ -42,6 +42,8 @@ ACCOUNTS: dict[str, dict[str, Any]] = {
     "mallory": {"email": "victim@corp.test", "email_verified": False, "name": "Mallory"},
     "outsider": {"email": "eve@elsewhere.test", "email_verified": True},
     "noemail": {"name": "No Email"},
+    # Two addresses in one claim, vouched for: its "domain" after the last @ is corp.test.
+    "twoaddr": {"email": "attacker@evil.test,ceo@corp.test", "email_verified": True},
     # Groups as providers send them: mixed case, Keycloak-style paths, a non-string.
     "mixed": {"email": "mixed@corp.test", "email_verified": True, "groups": ["Ops", "ops", "/team/a", "ok-role", 5]},
 }
@@ -228,9 +230,15 @@ class Fed:
 MakeFed = Callable[..., Awaitable[Fed]]
 
 
+# The gateway's clock is a FakeClock set when the provider is up, while the provider stamps its
+# tokens with the wall clock as a test runs on: the leeway (the product's default) covers that skew,
+# as it covers a real provider's clock being a little ahead.
+FED_TOKENS = {"leeway": "30s"}
+
+
 def _fed_config(tmp_path: Path, upstream_url: str, issuer: str, **idp: Any) -> Config:
     provider = {"name": "corp", "issuer": issuer, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, **idp}
-    return build_config(tmp_path, upstream_url, identity_providers=[provider])
+    return build_config(tmp_path, upstream_url, identity_providers=[provider], tokens=FED_TOKENS)
 
 
 @pytest.fixture
@@ -256,6 +264,7 @@ async def make_fed(
         )
         browser = ProviderBrowser()
         started.append((provider, browser))
+        clock.now = time.time()  # the provider took a while to start; its tokens carry the wall clock
         cfg = config(provider.issuer) if config else _fed_config(tmp_path, upstream_url, provider.issuer, **idp)
         server = await aiohttp_server(create_app(cfg, clock=clock), port=port)
         jar = CookieJar(unsafe=True, treat_as_secure_origin=[base])

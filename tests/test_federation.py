@@ -51,13 +51,46 @@ async def test_login_redirects_to_provider_with_pkce_state_nonce_and_sets_flow_c
     assert q["code_challenge_method"] == "S256" and len(q["code_challenge"]) == 43
     assert len(q["state"]) >= 40 and len(q["nonce"]) >= 40 and q["state"] != q["nonce"]
     assert set(q["scope"].split()) == {"openid", "email", "profile"}
-    flow = _cookie(resp, "oidc_flow")
-    assert flow["httponly"] and flow["samesite"] == "Lax" and flow["path"] == "/auth/oidc/corp/callback"
+    flow = _cookie(resp, "__Host-oidc_flow")
+    # __Host- (Secure, no Domain, Path=/): a sibling subdomain cannot plant one; before this stop the
+    # cookie was plain "oidc_flow" on the callback's path.
+    assert flow["httponly"] and flow["samesite"] == "Lax" and flow["path"] == "/" and not flow["domain"]
     assert flow["secure"] and 0 < int(flow["max-age"]) <= 600
     # Nothing readable in the cookie: state, nonce and return_to are sealed.
     for secret in (q["state"], q["nonce"], "/api/x"):
         assert secret not in flow.value
     assert resp.headers["Cache-Control"] == "no-store"
+
+
+async def test_flow_cookie_never_reaches_the_upstream_and_a_planted_plain_one_is_ignored(fed: Fed) -> None:
+    location, _ = await fed.start_login()
+    flow = next(c for c in fed.client.session.cookie_jar if c.key == "__Host-oidc_flow").value
+    echoed = await fed.client.get("/public/echo", headers={"Cookie": f"__Host-oidc_flow={flow}; app=1"})
+    assert echoed.status == 200
+    assert (await echoed.json())["headers"].get("Cookie") == "app=1"
+    # The name a sibling subdomain could set (Domain=parent) is not the one the callback reads.
+    url = await fed.provider_login(location)
+    fed.client.session.cookie_jar.clear()
+    parts = urlsplit(url)
+    resp = await fed.client.get(f"{parts.path}?{parts.query}", allow_redirects=False, headers={"Cookie": f"oidc_flow={flow}"})
+    assert resp.status == 400 and (await resp.json())["error"] == "invalid_state"
+
+
+async def test_flow_cookie_with_a_cookie_domain_keeps_the_callback_path(
+    make_fed: MakeFed, tmp_path: Any, upstream_url: str
+) -> None:
+    from tests.oidc_provider import CLIENT_SECRET, FED_TOKENS
+    from tests.support import build_config
+
+    def config(issuer: str) -> Any:
+        idp = {"name": "corp", "issuer": issuer, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+        return build_config(tmp_path, upstream_url, identity_providers=[idp], tokens=FED_TOKENS, cookies={"domain": "127.0.0.1"})
+
+    fed = await make_fed(config=config)
+    resp = await fed.client.get("/auth/oidc/corp/login", allow_redirects=False)
+    assert resp.status == 302
+    # A Domain attribute rules out the prefix; the cookie stays on the callback's path instead.
+    assert "__Host-oidc_flow" not in resp.cookies and resp.cookies["oidc_flow"]["path"] == "/auth/oidc/corp/callback"
 
 
 async def test_login_unknown_provider_is_404(fed: Fed) -> None:
@@ -73,8 +106,8 @@ async def test_callback_starts_our_rotating_session_and_api_works(fed: Fed) -> N
     assert resp.status == 302, await resp.text()
     assert resp.headers["Location"] == "/api/echo?x=1"
     names = {c.key for c in resp.cookies.values()}
-    assert names == {"refresh_token", "access_token", "oidc_flow"}
-    assert resp.cookies["oidc_flow"]["max-age"] == "0"
+    assert names == {"refresh_token", "access_token", "__Host-oidc_flow"}
+    assert resp.cookies["__Host-oidc_flow"]["max-age"] == "0"
     access = resp.cookies["access_token"].value
     claims = jwt.decode(access, options={"verify_signature": False})
     assert claims["amr"] == ["fed"] and claims["idp"] == "corp" and claims["email"] == "alice@corp.test"
@@ -139,8 +172,101 @@ async def test_unverified_email_never_links_to_existing_account(fed: Fed) -> Non
     resp = await fed.login("mallory")
     assert resp.status == 403
     assert (await resp.json())["error"] == "email_not_verified"
-    assert "refresh_token" not in resp.cookies and resp.cookies["oidc_flow"]["max-age"] == "0"
+    assert "refresh_token" not in resp.cookies and resp.cookies["__Host-oidc_flow"]["max-age"] == "0"
     assert await fed.client.server.app[STORE].find_identity(provider="corp", subject="mallory") is None
+
+
+async def test_presigned_unverified_account_is_taken_over_by_the_provider_login(
+    make_fed: MakeFed, tmp_path: Any, upstream_url: str
+) -> None:
+    """The attacker signs up with the victim's address, never verifies it, logs in and keeps the
+    session. The victim's first provider login (address verified there) must not become the
+    attacker's account: before this stop it was linked as it was, and the attacker's password and
+    session kept working on it."""
+    from tests.oidc_provider import CLIENT_SECRET, FED_TOKENS
+    from tests.support import build_config, free_port
+
+    def config(issuer: str) -> Any:
+        idp = {"name": "corp", "issuer": issuer, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+        return build_config(
+            tmp_path, upstream_url, identity_providers=[idp], tokens=FED_TOKENS,
+            accounts={"signup": True, "link_base": "https://app.example.com"},
+            email={"smtp_url": f"smtp://127.0.0.1:{free_port()}", "from": "Gateway <no-reply@example.com>"},
+        )  # fmt: skip
+
+    fed = await make_fed(config=config)
+    origin = {"Origin": fed.base}
+    signup = await fed.client.post("/auth/signup", json={"email": "Alice@corp.test", "password": "attacker-pw"}, headers=origin)
+    assert signup.status == 202
+    store = fed.client.server.app[STORE]
+    for _ in range(100):  # sign-up is queued (the answer never waits on it)
+        if (planted := await store.get_user(email_key="alice@corp.test")) is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert planted is not None and not await store.is_email_verified(planted.id)
+    attacker = await fed.client.post(
+        "/auth/login", json={"email": "alice@corp.test", "password": "attacker-pw", "refresh_in_body": True}, headers=origin
+    )
+    assert attacker.status == 200
+    attacker_refresh = (await attacker.json())["refresh_token"]
+    fed.client.session.cookie_jar.clear()
+
+    victim = await fed.login("alice")
+    assert victim.status == 302, await victim.text()
+    claims = jwt.decode(victim.cookies["access_token"].value, options={"verify_signature": False})
+    assert claims["sub"] == planted.id  # the account was taken over, not duplicated
+    assert [u.email for u in await store.list_users()] == [planted.email]
+    assert await store.is_email_verified(planted.id)
+    # The attacker's session, refresh token and password are all dead.
+    fed.client.session.cookie_jar.clear()
+    again = await fed.client.post("/auth/refresh-token", json={"refresh_token": attacker_refresh}, headers=origin)
+    assert again.status in (401, 403), await again.text()
+    pw = await fed.client.post("/auth/login", json={"email": "alice@corp.test", "password": "attacker-pw"}, headers=origin)
+    assert pw.status == 401 and (await pw.json())["error"] == "invalid_credentials"
+    sessions = await store.list_sessions(planted.id, now=time.time() + 1)
+    assert [s.idp for s in sessions] == ["corp"]
+
+
+async def test_verified_local_account_is_linked_not_taken_over(fed: Fed) -> None:
+    # users add makes verified accounts: the owner's password keeps working (the takeover is only
+    # for addresses nobody proved).
+    local = await fed.client.server.app[SESSIONS].add_user("alice@corp.test", PASSWORD)
+    assert (await fed.login("alice")).status == 302
+    pw = await fed.client.post("/auth/login", json={"email": "alice@corp.test", "password": PASSWORD}, headers={"Origin": fed.base})
+    assert pw.status == 200
+    assert (await fed.client.server.app[STORE].get_user(user_id=local.id)).password_hash == local.password_hash
+
+
+async def test_provider_address_with_two_addresses_is_refused(make_fed: MakeFed) -> None:
+    # Before this stop the domain check read "corp.test" after the last @ and the account was made
+    # for "attacker@evil.test,ceo@corp.test", whose mails go to the attacker.
+    fed = await make_fed(allowed_email_domains=["corp.test"])
+    resp = await fed.login("twoaddr")
+    assert resp.status == 403 and (await resp.json())["error"] == "domain_not_allowed"
+    open_fed = await make_fed()
+    resp = await open_fed.login("twoaddr")
+    assert resp.status == 403 and (await resp.json())["error"] == "email_not_verified"
+    assert await open_fed.client.server.app[STORE].list_users() == []
+
+
+async def test_callback_replayed_at_another_instance_fails(
+    make_fed: MakeFed, aiohttp_server: Any, aiohttp_client: Any, clock: Any
+) -> None:
+    """Workers and instances share the store, and so the record of used callbacks: before this stop
+    each process kept its own, so a replay at another one went on to the provider (502)."""
+    from gateway.app import create_app
+    from gateway.http.keys import CONFIG
+
+    fed = await make_fed()
+    location, _ = await fed.start_login()
+    url = await fed.provider_login(location)
+    flow = next(c for c in fed.client.session.cookie_jar if c.key == "__Host-oidc_flow").value
+    assert (await fed.callback(url)).status == 302
+    other = await aiohttp_client(await aiohttp_server(create_app(fed.client.server.app[CONFIG], clock=clock)))
+    parts = urlsplit(url)
+    again = await other.get(f"{parts.path}?{parts.query}", allow_redirects=False, headers={"Cookie": f"__Host-oidc_flow={flow}"})
+    assert again.status == 400 and (await again.json())["error"] == "invalid_state"
+    assert "refresh_token" not in again.cookies
 
 
 async def test_unverified_email_creates_no_account(fed: Fed) -> None:
@@ -202,7 +328,7 @@ async def test_callback_with_forged_flow_cookie_is_invalid_state(fed: Fed) -> No
     location, _ = await fed.start_login()
     url = await fed.provider_login(location)
     fed.client.session.cookie_jar.clear()
-    fed.client.session.cookie_jar.update_cookies({"oidc_flow": "gAAAAAforged"})
+    fed.client.session.cookie_jar.update_cookies({"__Host-oidc_flow": "gAAAAAforged"})
     resp = await fed.callback(url)
     assert resp.status == 400 and (await resp.json())["error"] == "invalid_state"
 
@@ -210,13 +336,13 @@ async def test_callback_with_forged_flow_cookie_is_invalid_state(fed: Fed) -> No
 async def test_replayed_callback_fails(fed: Fed) -> None:
     location, _ = await fed.start_login()
     url = await fed.provider_login(location)
-    flow = next(c for c in fed.client.session.cookie_jar if c.key == "oidc_flow").value
+    flow = next(c for c in fed.client.session.cookie_jar if c.key == "__Host-oidc_flow").value
     first = await fed.callback(url)
     assert first.status == 302
     # The attacker replays both the URL and the (captured) flow cookie.
-    fed.client.session.cookie_jar.update_cookies({"oidc_flow": flow})
+    fed.client.session.cookie_jar.update_cookies({"__Host-oidc_flow": flow})
     again = await fed.client.get(
-        f"{urlsplit(url).path}?{urlsplit(url).query}", allow_redirects=False, headers={"Cookie": f"oidc_flow={flow}"}
+        f"{urlsplit(url).path}?{urlsplit(url).query}", allow_redirects=False, headers={"Cookie": f"__Host-oidc_flow={flow}"}
     )
     assert again.status == 400 and (await again.json())["error"] == "invalid_state"
     assert "refresh_token" not in again.cookies
@@ -382,7 +508,7 @@ async def test_backchannel_logout_at_one_instance_bites_on_another_within_1s(
     from aiohttp import CookieJar
 
     from gateway.app import create_app
-    from tests.oidc_provider import CLIENT_SECRET, OidcProvider
+    from tests.oidc_provider import CLIENT_SECRET, FED_TOKENS, OidcProvider
     from tests.support import build_config, free_port
 
     port_a, port_b = free_port(), free_port()
@@ -395,7 +521,8 @@ async def test_backchannel_logout_at_one_instance_bites_on_another_within_1s(
     browser = ProviderBrowser()
     try:
         idp = {"name": "corp", "issuer": provider.issuer, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
-        cfg = build_config(tmp_path, upstream_url, store={"url": pg_url}, identity_providers=[idp])
+        cfg = build_config(tmp_path, upstream_url, store={"url": pg_url}, identity_providers=[idp], tokens=FED_TOKENS)
+        clock.now = time.time()
         await aiohttp_server(create_app(cfg, clock=clock), port=port_a)
         server_b = await aiohttp_server(create_app(cfg, clock=clock), port=port_b)
         client_b = await aiohttp_client(server_b, cookie_jar=CookieJar(unsafe=True, treat_as_secure_origin=[b]))
@@ -479,5 +606,5 @@ async def test_provider_unreachable_at_login_start_is_idp_error(
     fed = await make_fed(config=config)
     resp = await fed.client.get("/auth/oidc/corp/login", allow_redirects=False)
     assert resp.status == 502 and (await resp.json())["error"] == "idp_error"
-    assert "oidc_flow" not in resp.cookies
+    assert "__Host-oidc_flow" not in resp.cookies
     assert (await fed.client.get("/healthz")).status == 200

@@ -16,7 +16,7 @@ import jwt
 import pytest
 
 from gateway.http.keys import STORE
-from tests.oidc_provider import CLIENT_ID, CLIENT_SECRET, MakeFed
+from tests.oidc_provider import CLIENT_ID, CLIENT_SECRET, FED_TOKENS, MakeFed
 from tests.support import build_config, chromium
 
 
@@ -38,6 +38,7 @@ async def test_browser_login_with_provider_button_then_api_on_our_session(
             tmp_path,
             upstream_url,
             identity_providers=[idp],
+            tokens=FED_TOKENS,
             routes=[
                 {"prefix": "/api", "upstream": upstream_url, "auth": "required", "timeout": "5s"},
                 {"prefix": "/", "upstream": upstream_url, "auth": "public"},
@@ -70,7 +71,7 @@ async def test_browser_login_with_provider_button_then_api_on_our_session(
     assert cookies["refresh_token"]["httpOnly"] and cookies["refresh_token"]["path"] == "/auth"
     claims = jwt.decode(cookies["access_token"]["value"], options={"verify_signature": False})
     assert claims["amr"] == ["fed"] and claims["idp"] == "corp"
-    assert "oidc_flow" not in cookies
+    assert "__Host-oidc_flow" not in cookies
     # Our rotating session: a refresh replaces the refresh cookie and the API keeps working.
     before = cookies["refresh_token"]["value"]
     await page.evaluate("window.demoAuth.refresh()")

@@ -97,6 +97,13 @@ class CookieConfig:
     samesite: Literal["Strict", "Lax", "None"] = "Lax"
     domain: str | None = None
 
+    @property
+    def flow_name(self) -> str:
+        """The federated-login flow cookie's name. With Secure and no Domain it takes the `__Host-`
+        prefix, which browsers only accept from this origin itself with Path=/, so a sibling
+        subdomain cannot plant its own flow (login CSRF); otherwise the prefix is not allowed."""
+        return "__Host-oidc_flow" if self.secure and self.domain is None else "oidc_flow"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CsrfConfig:

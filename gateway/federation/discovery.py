@@ -2,7 +2,9 @@
 
 The discovery document and the JWKS are cached; both are fetched again when a call fails, and the
 keys when a token names a `kid` they lack (key rotation), at most once per REFRESH_INTERVAL_S so
-that forged tokens with random kids cannot make the gateway hammer the provider.
+that forged tokens with random kids cannot make the gateway hammer the provider. Keys are also
+re-read once their age passes KEYS_MAX_AGE_S, or the JWKS answer's `Cache-Control: max-age` if
+shorter, so a key the provider withdrew stops being trusted; if that re-read fails, no key is.
 
 Must not: log or return the provider's tokens or the client secret; follow redirects; wait on a
 provider without a timeout.
@@ -23,10 +25,24 @@ from gateway.config import IdentityProviderConfig
 from gateway.core.errors import IdpError
 from gateway.core.log import auth_log
 
-__all__ = ["REFRESH_INTERVAL_S", "ProviderClient"]
+__all__ = ["KEYS_MAX_AGE_S", "REFRESH_INTERVAL_S", "ProviderClient"]
 
 REFRESH_INTERVAL_S = 10.0
 METADATA_TTL_S = 3600.0
+KEYS_MAX_AGE_S = 24 * 3600.0
+
+
+def _max_age(cache_control: str) -> float | None:
+    """The `max-age` of a Cache-Control value (RFC 9111 §5.2.2.1), or None; `no-store`/`no-cache` are 0."""
+    age: float | None = None
+    for directive in cache_control.split(","):
+        name, _, value = directive.strip().partition("=")
+        name = name.strip().lower()
+        if name in ("no-store", "no-cache"):
+            return 0.0
+        if name == "max-age" and value.strip().strip('"').isdigit():
+            age = float(value.strip().strip('"'))
+    return age
 _MAX_BODY = 512 * 1024
 
 
@@ -43,7 +59,8 @@ class ProviderClient:
         self._metadata: dict[str, Any] | None = None
         self._metadata_at = 0.0
         self._keys: dict[str, jwt.PyJWK] = {}
-        self._keys_at = float("-inf")
+        self._keys_at = float("-inf")  # the last fetch attempt: refreshes are rate-limited from it
+        self._keys_until = float("-inf")  # the keys we hold are trusted until then
         self._lock = asyncio.Lock()
 
     @property
@@ -52,14 +69,19 @@ class ProviderClient:
         return self.cfg.issuer.rstrip("/") + "/.well-known/openid-configuration"
 
     async def _get_json(self, url: str) -> dict[str, Any]:
+        return (await self._get(url))[0]
+
+    async def _get(self, url: str) -> tuple[dict[str, Any], str]:
+        """The JSON object at `url` and the answer's Cache-Control value."""
         try:
             async with self._session.get(url, timeout=self._timeout, allow_redirects=False) as resp:
                 body = await resp.content.read(_MAX_BODY + 1)
                 if resp.status != 200:
                     raise IdpError(f"{self.cfg.name}: {url} answered {resp.status}")
+                cache_control = ",".join(resp.headers.getall("Cache-Control", ()))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise IdpError(f"{self.cfg.name}: cannot reach the provider ({type(exc).__name__})") from exc
-        return _json_object(body, what=url)
+        return _json_object(body, what=url), cache_control
 
     async def metadata(self, *, refresh: bool = False) -> dict[str, Any]:
         """The provider's discovery document, cached for METADATA_TTL_S; IdpError if it cannot be had."""
@@ -89,13 +111,18 @@ class ProviderClient:
 
     async def keys(self, *, refresh: bool = False) -> dict[str, jwt.PyJWK]:
         """The provider's published signing keys by kid; `refresh` fetches them again, rate-limited."""
+        now = self._clock()
+        if self._keys and now >= self._keys_until:
+            # Too old to trust: a provider that withdrew a key (say, a leaked one) must not have it
+            # honoured here until a restart. Until the re-read succeeds no key is trusted.
+            self._keys = {}
         if self._keys and not refresh:
             return self._keys
-        if self._keys and self._clock() - self._keys_at < REFRESH_INTERVAL_S:
+        if self._keys and now - self._keys_at < REFRESH_INTERVAL_S:
             return self._keys
-        self._keys_at = self._clock()
+        self._keys_at = now
         meta = await self.metadata(refresh=refresh)
-        data = await self._get_json(meta["jwks_uri"])
+        data, cache_control = await self._get(meta["jwks_uri"])
         keys: dict[str, jwt.PyJWK] = {}
         for i, raw in enumerate(data.get("keys") or []):
             if not isinstance(raw, dict) or raw.get("use", "sig") != "sig":
@@ -108,6 +135,9 @@ class ProviderClient:
         if not keys:
             raise IdpError(f"{self.cfg.name}: the provider publishes no usable signing key")
         self._keys = keys
+        max_age = _max_age(cache_control)
+        ttl = KEYS_MAX_AGE_S if max_age is None else min(max(max_age, REFRESH_INTERVAL_S), KEYS_MAX_AGE_S)
+        self._keys_until = now + ttl
         auth_log.info("idp_keys_loaded provider=%s kids=%s", self.cfg.name, ",".join(sorted(keys)))
         return keys
 

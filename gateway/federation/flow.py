@@ -25,7 +25,7 @@ from gateway.core.errors import BadRequest, IdpError, InvalidState
 __all__ = [
     "BACKCHANNEL_EVENT",
     "FLOW_TTL_S",
-    "ConsumedFlows",
+    "LOGOUT_JTI_KEEP_S",
     "FlowSealer",
     "FlowState",
     "LogoutClaims",
@@ -41,6 +41,11 @@ __all__ = [
 FLOW_TTL_S = 600  # a login at the provider must finish within this
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 LOGOUT_TOKEN_MAX_AGE_S = 300
+# A logout token's jti is remembered this long past its iat (or until its exp, if later): it is
+# refused as too old well before it is forgotten.
+LOGOUT_JTI_KEEP_S = 600
+# An id_token comes straight from the token endpoint, so its iat is "now": this much older is refused.
+ID_TOKEN_MAX_AGE_S = 300
 # Asymmetric JWS algorithms only: an HS* token would be "signed" with a secret the provider shares
 # with every client (or, worse, with its own public key), and "none" is not a signature.
 _ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"})
@@ -112,25 +117,6 @@ class FlowSealer:
             return FlowState(**json.loads(data))
         except (InvalidToken, UnicodeEncodeError, ValueError, TypeError) as exc:
             raise InvalidState("the login flow cookie is invalid or expired; start the login again") from exc
-
-
-class ConsumedFlows:
-    """Flow ids already used for a callback, kept until their cookie would have expired anyway."""
-
-    def __init__(self, *, limit: int = 100_000) -> None:
-        self._used: dict[str, float] = {}
-        self._limit = limit
-
-    def consume(self, flow_id: str, *, now: float) -> None:
-        """Marks the flow used; InvalidState if it already was (a replayed callback)."""
-        if len(self._used) > self._limit // 2:
-            self._used = {k: t for k, t in self._used.items() if t > now - FLOW_TTL_S}
-        if flow_id in self._used:
-            raise InvalidState("this login callback was already used")
-        if len(self._used) >= self._limit:
-            # Under a flood of distinct flows, refuse rather than forget: forgetting would allow replays.
-            raise InvalidState("too many logins in progress; try again shortly")
-        self._used[flow_id] = now
 
 
 def check_state(flow: FlowState, state: str | None, *, provider: str) -> None:
@@ -222,6 +208,20 @@ def _number(claims: Mapping[str, Any], name: str) -> float:
     return float(value)
 
 
+def _check_issued(
+    claims: Mapping[str, Any], *, now: float, leeway: float, max_age: float, what: str, error: type[Exception]
+) -> None:
+    """`iat` neither ahead of now nor older than `max_age` (each with `leeway`), and `nbf`, when
+    present, passed: a token minted for later, or long ago, is not one the provider just sent."""
+    iat = _number(claims, "iat")
+    if iat > now + leeway:
+        raise error(f"the {what} was issued in the future (iat ahead of this clock by more than the leeway)")
+    if iat < now - max_age - leeway:
+        raise error(f"the {what} was issued too long ago")
+    if "nbf" in claims and _number(claims, "nbf") > now + leeway:
+        raise error(f"the {what} is not valid yet (nbf)")
+
+
 def verify_id_token(
     token: str, keys: Mapping[str, jwt.PyJWK], *, issuer: str, client_id: str, nonce: str, now: float, leeway: float
 ) -> dict[str, Any]:
@@ -232,7 +232,7 @@ def verify_id_token(
     claims = _decode(token, keys, issuer=issuer, client_id=client_id, require=["iss", "aud", "sub", "exp", "iat"])
     if _number(claims, "exp") + leeway <= now:
         raise IdpError("the provider's id_token has expired")
-    _number(claims, "iat")
+    _check_issued(claims, now=now, leeway=leeway, max_age=ID_TOKEN_MAX_AGE_S, what="id_token", error=IdpError)
     aud = claims["aud"]
     if isinstance(aud, list) and len(aud) > 1 and claims.get("azp") != client_id:
         raise IdpError("the id_token names several audiences but not this client as its azp")
@@ -255,6 +255,7 @@ class LogoutClaims:
     sid: str | None
     jti: str
     iat: float
+    exp: float | None = None
 
 
 def verify_logout_token(
@@ -267,12 +268,12 @@ def verify_logout_token(
     try:
         claims = _decode(token, keys, issuer=issuer, client_id=client_id, require=["iss", "aud", "iat", "jti"])
         iat = _number(claims, "iat")
-        if "exp" in claims and _number(claims, "exp") + leeway <= now:
+        exp = _number(claims, "exp") if "exp" in claims else None
+        if exp is not None and exp + leeway <= now:
             raise BadRequest("the logout token has expired")
+        _check_issued(claims, now=now, leeway=leeway, max_age=LOGOUT_TOKEN_MAX_AGE_S, what="logout token", error=BadRequest)
     except IdpError as exc:
         raise BadRequest(f"invalid logout token: {exc.description}") from exc
-    if iat < now - LOGOUT_TOKEN_MAX_AGE_S - leeway:
-        raise BadRequest("the logout token was issued too long ago")
     events = claims.get("events")
     if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_EVENT), dict):
         raise BadRequest("the logout token lacks the back-channel logout event")
@@ -285,4 +286,4 @@ def verify_logout_token(
         raise BadRequest("the logout token names neither a sub nor a sid")
     if not isinstance(claims["jti"], str) or not claims["jti"]:
         raise BadRequest("the logout token has no jti")
-    return LogoutClaims(sub=sub or None, sid=sid or None, jti=claims["jti"], iat=iat)
+    return LogoutClaims(sub=sub or None, sid=sid or None, jti=claims["jti"], iat=iat, exp=exp)

@@ -24,9 +24,7 @@ from gateway.http.keys import CLOCK, CONFIG, KEYRING, SESSIONS
 from gateway.http.request import Handler
 from gateway.http.responses import NO_STORE, error_response, set_session_cookies
 
-__all__ = ["FLOW_COOKIE", "endpoints", "federation_ctx"]
-
-FLOW_COOKIE = "oidc_flow"
+__all__ = ["endpoints", "federation_ctx"]
 
 
 def _base(cfg: Config, name: str) -> str:
@@ -35,11 +33,13 @@ def _base(cfg: Config, name: str) -> str:
 
 def _set_flow_cookie(response: web.StreamResponse, cfg: Config, name: str, value: str, *, max_age: int) -> None:
     # Lax, whatever cookies.samesite says: the provider's redirect back is a cross-site top-level GET,
-    # which Strict would strip. The path keeps it off every request but this provider's callback.
+    # which Strict would strip. A `__Host-` cookie must have Path=/ (the proxy strips it from what
+    # upstreams get); without the prefix the path keeps it off every request but this callback.
+    cookie = cfg.cookies.flow_name
+    path = "/" if cookie.startswith("__Host-") else f"{_base(cfg, name)}/callback"
     response.set_cookie(
-        FLOW_COOKIE, value, path=f"{_base(cfg, name)}/callback", max_age=max_age, secure=cfg.cookies.secure,
-        httponly=True, samesite="Lax",
-    )  # fmt: skip
+        cookie, value, path=path, max_age=max_age, secure=cfg.cookies.secure, httponly=True, samesite="Lax"
+    )
 
 
 async def list_providers(request: web.Request) -> web.StreamResponse:
@@ -75,7 +75,7 @@ def _callback(name: str) -> Handler:
             issued, return_to = await request.app[FEDERATION].finish_login(
                 name,
                 params=params,
-                cookie=request.cookies.get(FLOW_COOKIE),
+                cookie=request.cookies.get(cfg.cookies.flow_name),
                 user_agent=request.headers.get("User-Agent", ""),
                 ip=client_ip(request, cfg),
             )

@@ -7,6 +7,7 @@ provider's access, refresh or id token anywhere: only its `sub` and `sid` are st
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from gateway.core.errors import (
 )
 from gateway.core.log import audit
 from gateway.federation.flow import (
-    ConsumedFlows,
+    FLOW_TTL_S,
+    LOGOUT_JTI_KEEP_S,
     FlowSealer,
     FlowState,
     authorization_url,
@@ -40,9 +42,18 @@ from gateway.federation.flow import (
 )
 from gateway.sessions.passwords import unusable_hash
 from gateway.sessions.service import Issued, SessionService, normalize_email
-from gateway.store import UserRecord
+from gateway.store import ChallengeRecord, UserRecord
 
 __all__ = ["FederationService", "LoginStart", "ProviderPort"]
+
+
+def _domain(email: str) -> str | None:
+    """The domain of the one address `email` is (parsed as at every other door), or None."""
+    try:
+        shown, _ = normalize_email(email)
+    except BadRequest:
+        return None
+    return shown.rpartition("@")[2].casefold()
 
 
 class ProviderPort(Protocol):
@@ -83,7 +94,6 @@ class FederationService:
         self.clock = clock
         self.leeway = config.tokens.leeway.total_seconds()
         self._sealer = FlowSealer(flow_key)
-        self._consumed = ConsumedFlows()
 
     def provider(self, name: str) -> ProviderPort:
         """The configured provider called `name`; NoRoute if there is none."""
@@ -116,7 +126,9 @@ class FederationService:
         flow = self._sealer.open(cookie, now=now)
         check_state(flow, params.get("state"), provider=name)
         await self._check_iss_param(provider, params.get("iss"))
-        self._consumed.consume(flow.id, now=now)
+        # Each flow completes once, across every worker and instance: the record is in the store.
+        if not await self._claim("oidc_flow", flow.id, until=now + FLOW_TTL_S, now=now):
+            raise InvalidState("this login callback was already used")
         if "error" in params:
             raise IdpError(f"{name}: the provider answered {params['error'][:64]!r}")
         code = params.get("code")
@@ -134,6 +146,12 @@ class FederationService:
         )
         audit("federated_login", user_id=user.id, session_id=issued.session.id, ip=ip, reason=name)
         return issued, flow.return_to
+
+    async def _claim(self, kind: str, value: str, *, until: float, now: float) -> bool:
+        """Records `value` as used until `until`; False when it already was (a replay)."""
+        key = hashlib.sha256(f"{kind}\0{value}".encode()).hexdigest()
+        record = ChallengeRecord(key_hash=key, kind=kind, user_id=None, payload="", expires_at=until)
+        return await self.store.challenge_claim(record, now=now)
 
     async def _check_iss_param(self, provider: ProviderPort, iss: str | None) -> None:
         # RFC 9207 §2.4: an `iss` that names another issuer is a mix-up attack; a provider that says it
@@ -168,7 +186,7 @@ class FederationService:
             # address in an allowed domain is anyone's to claim.
             if not isinstance(email, str) or not verified:
                 raise EmailNotVerified("this provider must vouch for an address in an allowed domain")
-            if email.rpartition("@")[2].strip().lower() not in cfg.allowed_email_domains:
+            if _domain(email) not in cfg.allowed_email_domains:
                 raise DomainNotAllowed("the address is not in a domain this provider may log in")
         user_id = await self.store.find_identity(provider=cfg.name, subject=subject)
         if user_id is None:
@@ -214,6 +232,8 @@ class FederationService:
             raise EmailNotVerified("the provider's address is not a usable email") from exc
         now = self.clock()
         user = await self.store.get_user(email_key=key)
+        if user is not None and not await self.store.is_email_verified(user.id):
+            user = await self._take_over(cfg, user, now=now)
         if user is None:
             if not cfg.create_users:
                 raise AccountNotFound("there is no account for this address, and this provider may not create one")
@@ -236,6 +256,20 @@ class FederationService:
         audit("identity_linked", user_id=user.id, reason=cfg.name)
         return user
 
+    async def _take_over(self, cfg: IdentityProviderConfig, user: UserRecord, *, now: float) -> UserRecord:
+        """The provider proved the address; whoever made this account under it never did (sign-up
+        without verifying). Linking to it as it is would hand the owner's login to that person, so
+        the account is stripped first: no password, no second factor, no session, no pending token."""
+        revoked = await self.store.take_over_unverified(user.id, password_hash=unusable_hash(), now=now)
+        if revoked is not None:
+            audit("account_taken_over", user_id=user.id, reason=cfg.name, count=len(revoked))
+            self.sessions._revoked(revoked, user_id=user.id, reason="account_taken_over")
+        # None: verified meanwhile by its own mail, so it is the owner's and linking to it is right.
+        found = await self.store.get_user(user_id=user.id)
+        if found is None:
+            raise AccountNotFound("the account for this address no longer exists")
+        return found
+
     async def backchannel_logout(self, name: str, logout_token: object) -> list[str]:
         """Verifies a logout token and revokes the sessions that provider login started; returns their ids."""
         provider = self.provider(name)
@@ -257,10 +291,13 @@ class FederationService:
                 continue
         if claims is None:
             raise BadRequest("the logout token was signed with a key the provider does not publish")
-        # Only sessions that began before the token was issued: a replayed token can then end nothing
-        # that it did not already end, so remembering every jti is not needed. `iat` has whole seconds,
-        # so "before" reaches to the end of its second: a session begun at N.4 and logged out at N.9
-        # (iat N) is ended; a replay can reach at most a session begun later in that same second.
+        # Accepted once, across every worker: a replayed token could otherwise end sessions begun
+        # since (with the same sub), long after the provider meant it to.
+        until = max(claims.exp or 0.0, claims.iat + LOGOUT_JTI_KEEP_S) + self.leeway
+        if not await self._claim(f"logout_jti:{name}", claims.jti, until=until, now=self.clock()):
+            raise BadRequest("this logout token was already used")
+        # Only sessions that began before the token was issued. `iat` has whole seconds, so "before"
+        # reaches to the end of its second: a session begun at N.4 and logged out at N.9 (iat N) is ended.
         ids = await self.store.federated_sessions(
             provider=name, subject=claims.sub, sid=claims.sid, created_before=claims.iat + 1 + self.leeway, now=self.clock()
         )

@@ -87,7 +87,7 @@ class HeaderPolicy:
         self._drop_odd = cfg.server.underscore_headers == "drop"
         origin = cfg.server.public_origin
         self._public_host = urlsplit(origin).netloc if origin else None
-        self._gateway_cookies = frozenset({cfg.cookies.access_name, cfg.cookies.refresh_name})
+        self._gateway_cookies = frozenset({cfg.cookies.access_name, cfg.cookies.refresh_name, cfg.cookies.flow_name})
 
     def upstream_headers(
         self,
