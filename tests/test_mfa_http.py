@@ -18,8 +18,9 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from gateway.http.keys import CONFIG, SESSIONS
-from gateway.mfa.keys import MFA
+from gateway.mfa.keys import MFA, PASSKEYS
 from gateway.mfa.secretbox import SecretBox, UnreadableSecret
+from gateway.store import PasskeyRecord
 from tests.conftest import MakeConfig, MakeGateway
 from tests.support import FakeClock
 
@@ -433,3 +434,64 @@ async def test_metrics_count_enrolments_failures_and_resets(gw: Client, clock: F
     assert 'gateway_mfa_events_total{event="mfa_enrolled",method="totp"} 1.0' in text
     assert 'gateway_mfa_events_total{event="mfa_failure",method="totp"} 1.0' in text
     assert 'gateway_mfa_events_total{event="mfa_reset",method="all"} 1.0' in text
+
+
+# -- what voids a pending mfa_token, and malformed second steps (issue 19) ----------------------
+
+
+async def test_mfa_token_is_void_after_a_password_change(gw: Client, clock: FakeClock) -> None:
+    # Before this stop the pending token lived out its five minutes after the password changed.
+    secret, _ = await enable_totp(gw, clock)
+    token = await start_two_step(gw)  # the thief has the old password and a pending token
+    owner = await second_step(gw, await start_two_step(gw), code=code_at(secret, clock))
+    assert owner.status == 200
+    change = await gw.post(
+        "/auth/password/change", json={"current_password": PASSWORD, "password": "a brand new passphrase"},
+        headers=origin(gw),
+    )  # fmt: skip
+    assert change.status == 204, await change.text()
+    clock.advance(30)
+    resp = await second_step(gw, token, code=code_at(secret, clock))
+    assert (resp.status, (await resp.json())["error"]) == (401, "invalid_mfa_token")
+
+
+async def test_mfa_token_is_void_after_an_admin_password_reset(gw: Client, clock: FakeClock) -> None:
+    secret, _ = await enable_totp(gw, clock)
+    token = await start_two_step(gw)
+    await gw.server.app[SESSIONS].set_password(EMAIL, "set by the operator")
+    resp = await second_step(gw, token, code=code_at(secret, clock))
+    assert (resp.status, (await resp.json())["error"]) == (401, "invalid_mfa_token")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"mfa_token": 12345, "code": "123456"}, {"mfa_token": None, "code": "123456"}, {"code": ["123456"]},
+     {"code": 123456}, {"recovery_code": {"a": 1}}, {"recovery_code": ["x"]}],
+)  # fmt: skip
+async def test_login_mfa_fields_of_the_wrong_json_type_are_400(gw: Client, clock: FakeClock, fields: dict[str, Any]) -> None:
+    # Before this stop these answered 401 (invalid_mfa_token / invalid_mfa_code) and counted a try.
+    await enable_totp(gw, clock)
+    token = await start_two_step(gw)
+    resp = await gw.post("/auth/login/mfa", json={"mfa_token": token, **fields}, headers=origin(gw))
+    assert (resp.status, (await resp.json())["error"]) == (400, "invalid_request")
+
+
+async def test_passkey_login_options_look_the_same_for_every_email(gw: Client) -> None:
+    # Before this stop a known email's options listed its passkeys' credential ids, an unknown one none.
+    app = gw.server.app
+    user = await app[SESSIONS].get_user(EMAIL)
+    await app[PASSKEYS].store.passkey_add(PasskeyRecord(
+        id="pk-1", user_id=user.id, credential_id="Y3JlZC0x", public_key="pQECAyYgASFYIA", sign_count=0,
+        name="laptop", transports=("internal",), created_at=0.0,
+    ))  # fmt: skip
+    answers = []
+    for body in ({"email": EMAIL}, {"email": "nobody@example.com"}, {}):
+        resp = await gw.post("/auth/passkeys/login/options", json=body, headers=origin(gw))
+        assert resp.status == 200, await resp.text()
+        answers.append(await resp.json())
+    shapes = [{k: v for k, v in a.items() if k != "challenge"} for a in answers]
+    assert shapes[0] == shapes[1] == shapes[2]
+    assert answers[0].get("allowCredentials", []) == []
+    assert len({a["challenge"] for a in answers}) == 3
+    bad = await gw.post("/auth/passkeys/login/options", json={"email": "a@corp.com,b@evil.com"}, headers=origin(gw))
+    assert (bad.status, (await bad.json())["error"]) == (400, "invalid_request")

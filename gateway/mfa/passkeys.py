@@ -184,20 +184,19 @@ class PasskeyService:
     # -- login (anonymous) ---------------------------------------------------------------------
 
     async def login_options(self, email: object, *, own_origin: str) -> dict[str, Any]:
-        """PublicKeyCredentialRequestOptions; with an email, its passkeys are listed (none for an unknown one)."""
-        allow: list[PublicKeyCredentialDescriptor] = []
+        """PublicKeyCredentialRequestOptions for a discoverable credential: the same for every email.
+
+        Listing an account's credential ids (and none for an unknown address) told anyone who has an
+        account and how many passkeys; every passkey is registered discoverable (resident key
+        required), so the authenticator finds its own and the list is never needed. An email that
+        is given must still be one address, as at every door.
+        """
         if email is not None:
-            _, key = normalize_email(email)
-            user = await self.sessions.store.get_user(email_key=key)
-            if user is not None and not user.disabled:
-                allow = [
-                    PublicKeyCredentialDescriptor(id=base64url_to_bytes(p.credential_id))
-                    for p in await self.store.passkey_list(user.id)
-                ]
+            normalize_email(email)
         options = generate_authentication_options(
             rp_id=self.rp_id(own_origin),
             timeout=int(CHALLENGE_TTL * 1000),
-            allow_credentials=allow,
+            allow_credentials=[],
             user_verification=UserVerificationRequirement.REQUIRED,
         )
         await self._put_challenge(options.challenge, kind=_LOGIN, user_id=None)

@@ -31,10 +31,19 @@ def _caller(request: web.Request) -> Principal:
     return principal
 
 
-def _code(data: dict[str, Any]) -> object:
+def _code(data: dict[str, Any]) -> str:
     if "code" not in data:
         raise BadRequest("code is required")
-    return data["code"]
+    return _text(data, "code")
+
+
+def _text(data: dict[str, Any], name: str) -> str:
+    """A field that must be a JSON string: another type is a malformed request (400), never a wrong
+    code (which would count as a try and answer 401/403)."""
+    value = data[name]
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    return value
 
 
 # -- TOTP and recovery codes -----------------------------------------------------------------
@@ -86,9 +95,9 @@ async def login_mfa(request: web.Request) -> web.StreamResponse:
         raise BadRequest("mfa_token and exactly one of code or recovery_code are required")
     in_body = flag(data, "refresh_in_body")
     issued, refresh_in_body = await request.app[MFA].finish_login(
-        data["mfa_token"],
-        code=data.get("code"),
-        recovery_code=data.get("recovery_code"),
+        _text(data, "mfa_token"),
+        code=_text(data, "code") if "code" in data else None,
+        recovery_code=_text(data, "recovery_code") if "recovery_code" in data else None,
         user_agent=request.headers.get("User-Agent", ""),
         ip=client_ip(request, cfg),
     )
