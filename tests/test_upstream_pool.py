@@ -381,6 +381,43 @@ async def test_large_answer_is_streamed_with_bounded_buffering(scripted) -> None
         await pool.close()
 
 
+@pytest.mark.parametrize("read_first", [True, False], ids=["read-then-next", "next-while-held"])
+async def test_connection_paused_by_the_answers_last_read_serves_the_next_request(scripted, read_first: bool) -> None:  # type: ignore[no-untyped-def]
+    # The read that takes the held body past the high-water mark pauses the socket; here it is also
+    # the answer's last, so the connection goes back to the pool with the body still held.
+    body = bytes(range(256)) * (257 * 4)  # 257 KiB: just over the 256 KiB high-water mark
+    tail_sent = asyncio.Event()
+
+    async def big(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:-2048])
+        await writer.drain()
+        await asyncio.sleep(0.2)  # all below the mark is read and held before the last 2 KiB
+        writer.write(body[-2048:])
+        await writer.drain()
+        tail_sent.set()
+
+    up = await scripted([big, OK])
+    pool = UpstreamPool()
+    try:
+        first = await pool.request(up.url, "GET", "/big", {}, None, timeout=2)
+        if read_first:
+            assert await asyncio.wait_for(first.read(), timeout=10) == body
+        else:  # a slow client still holds the first body when the next request takes the connection
+            await asyncio.wait_for(tail_sent.wait(), timeout=10)
+            await asyncio.sleep(0.2)
+        first.release()
+        second = await asyncio.wait_for(pool.request(up.url, "GET", "/next", {}, None, timeout=2), timeout=10)
+        assert second.status == 200
+        assert await asyncio.wait_for(second.read(), timeout=10) == b"ok"
+        second.release()
+        if not read_first:
+            assert b"".join([chunk async for chunk in first.chunks()]) == body
+    finally:
+        await pool.close()
+    assert up.connections == 1
+    assert [head.split(b" ")[1] for head in up.heads[0]] == [b"/big", b"/next"]
+
+
 async def test_request_framing_and_host(scripted) -> None:  # type: ignore[no-untyped-def]
     up = await scripted([OK, OK, OK, OK])
     pool = UpstreamPool()
