@@ -186,7 +186,8 @@ class UpstreamResponse:
                 data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
                 self._chunks.clear()
                 self._buffered = 0
-                self._conn.resume_reading()
+                if self._conn.exchange is self:  # once back in the pool, its reading is another exchange's
+                    self._conn.resume_reading()
                 yield data
             elif self._state == _COMPLETE:
                 return
@@ -261,6 +262,10 @@ class Connection(asyncio.Protocol):
             return
         self.exchange = None
         if ex._state == _COMPLETE and ex._keep_alive and ex._sent_all and not self.closed:
+            # The last read may have paused the socket for a body the client has yet to take; that
+            # body is held by the exchange now, and a paused idle connection would never read the
+            # next answer.
+            self.resume_reading()
             self.pool.put(self)
         else:
             self.abort()
@@ -363,7 +368,9 @@ class Connection(asyncio.Protocol):
         if ex is None or timeout is None or self.closed:
             return
         now = self.loop.time()
-        if self._read_paused or self._client_wait:
+        # A pause is the client's only while it has bytes left to take; a waiting reader has taken
+        # them all, so whatever it waits for has to come from the upstream.
+        if self._client_wait or (self._read_paused and ex._waiter is None):
             self._last = now  # held back by the client, not by the upstream
         if now - self._last >= timeout:
             ex._finish(_FAILED, UpstreamStalled("the upstream did not answer in time"))
