@@ -377,14 +377,13 @@ async def test_totp_disable_needs_a_current_code_then_login_is_one_step(gw: Clie
     resp = await gw.request("DELETE", "/auth/mfa/totp", json={"code": code_at(secret, clock)}, headers=auth)
     assert resp.status == 204
     assert (await (await password_login(gw)).json()).get("mfa_required") is None
-    status = await (await gw.get("/auth/mfa", headers=auth)).json()
-    assert status == {
-        "totp": False,
-        "totp_pending": False,
-        "recovery_codes_left": 0,
-        "passkeys": 0,
-        "amr": ["pwd", "otp", "mfa"],
-    }
+    # The session TOTP opened ended with it: it passed mfa = true routes on a factor now gone
+    # (before this stop it did so for its whole life). Revocation bites at once.
+    assert (await gw.get("/auth/mfa", headers=auth)).status == 401
+    fresh = await bearer(gw)
+    status = await (await gw.get("/auth/mfa", headers=fresh)).json()
+    assert status == {"totp": False, "totp_pending": False, "recovery_codes_left": 0, "passkeys": 0, "amr": ["pwd"]}
+
 
 
 async def test_recovery_codes_regenerate_voids_the_old_ones(gw: Client, clock: FakeClock) -> None:

@@ -122,3 +122,27 @@ async def test_stepup_forged_amr_is_refused(gw: Client) -> None:
     resp = await gw.get("/secure/whoami", headers={"Authorization": f"Bearer {forged}"})
     assert resp.status == 401
     assert resp.headers["WWW-Authenticate"].startswith('Bearer error="invalid_token"')
+
+
+async def test_turning_totp_off_ends_the_sessions_it_opened(gw: Client, clock: FakeClock) -> None:
+    """Decision (SPEC is silent): a session opened with a TOTP or recovery code ends when TOTP is
+    turned off, so `mfa = true` never passes on a factor the account no longer has. Before this stop
+    such a session kept passing for its whole life. Sessions opened otherwise go on."""
+    before = _auth(await _login(gw))  # password only, opened before TOTP was on
+    secret, codes = await _enable_totp(gw, clock, before)
+    with_otp = _auth(await _second_step(gw, (await _login(gw))["mfa_token"], code=pyotp.TOTP(secret).at(int(clock.now))))
+    with_recovery = _auth(await _second_step(gw, (await _login(gw))["mfa_token"], recovery_code=codes[0]))
+    for auth in (with_otp, with_recovery):
+        assert (await gw.get("/secure/whoami", headers=auth)).status == 200
+    clock.advance(30)
+    resp = await gw.request(
+        "DELETE", "/auth/mfa/totp", json={"code": pyotp.TOTP(secret).at(int(clock.now))}, headers=with_otp
+    )
+    assert resp.status == 204
+    # The caller's own session ended too, so its cookies are cleared.
+    assert resp.cookies["refresh_token"]["max-age"] == "0"
+    for auth in (with_otp, with_recovery):
+        assert (await gw.get("/secure/whoami", headers=auth)).status == 401
+        assert (await gw.get("/api/whoami", headers=auth)).status == 401
+    assert (await gw.get("/api/whoami", headers=before)).status == 200
+    assert (await gw.get("/secure/whoami", headers=before)).status == 401

@@ -16,7 +16,7 @@ from gateway.http.keys import CONFIG
 
 # The login answer and body parsing are the login's own: shared, not copied, so both answer alike.
 from gateway.http.request import Handler, check_anonymous_post, flag, read_body
-from gateway.http.responses import NO_STORE, iso, token_response
+from gateway.http.responses import NO_STORE, clear_cookies, iso, token_response
 from gateway.mfa.keys import MFA, PASSKEYS
 from gateway.store import PasskeyRecord
 from gateway.tokens.keyring import Principal
@@ -66,10 +66,13 @@ async def totp_confirm(request: web.Request) -> web.StreamResponse:
 
 
 async def totp_disable(request: web.Request) -> web.StreamResponse:
-    """DELETE /auth/mfa/totp {code}: TOTP off, recovery codes void."""
+    """DELETE /auth/mfa/totp {code}: TOTP off, recovery codes void, the sessions TOTP opened ended."""
     principal = _caller(request)
-    await request.app[MFA].totp_disable(principal.sub, _code(await read_body(request)))
-    return web.Response(status=204, headers=NO_STORE)
+    ended = await request.app[MFA].totp_disable(principal.sub, _code(await read_body(request)))
+    response = web.Response(status=204, headers=NO_STORE)
+    if principal.sid in ended:
+        clear_cookies(response, request.app[CONFIG])
+    return response
 
 
 async def recovery_codes(request: web.Request) -> web.StreamResponse:

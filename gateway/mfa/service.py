@@ -108,11 +108,21 @@ class MfaService:
         self._audit("mfa_enrolled", "totp", user_id=user_id)
         return codes
 
-    async def totp_disable(self, user_id: str, code: object) -> None:
-        """Turns TOTP off (and voids the recovery codes) given a current code."""
+    async def totp_disable(self, user_id: str, code: object) -> list[str]:
+        """Turns TOTP off (and voids the recovery codes) given a current code, and ends every session
+        that a TOTP or recovery code opened; returns their ids.
+
+        Such a session passes `mfa = true` routes on the strength of a factor the account no longer
+        has; it ends with the factor (sessions opened by a password alone or a passkey go on).
+        """
         await self._require_code(user_id, code)
-        await self.store.totp_delete(user_id)
+        await self.store.totp_delete(user_id)  # first: no new TOTP session can start after this
         self._audit("mfa_disabled", "totp", user_id=user_id)
+        ended: list[str] = []
+        for session in await self.sessions.list_sessions(user_id):
+            if "otp" in session.amr:
+                ended += await self.sessions.revoke_session(session.id, reason="mfa_disabled", user_id=user_id)
+        return ended
 
     async def regenerate_recovery_codes(self, user_id: str, code: object) -> list[str]:
         """Ten new recovery codes, voiding the old ones, given a current TOTP code."""
