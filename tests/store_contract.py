@@ -137,6 +137,18 @@ class StoreContract:
         assert await store.update_user(user.id, now=T0 + 1, disabled=True) == [s1.id]
         assert (await store.get_user(user_id=user.id)).disabled is True  # type: ignore[union-attr]
 
+    async def test_rehash_password_only_replaces_the_hash_it_was_given(self, store: Store) -> None:
+        user = await _user(store)
+        s1, _ = await _session(store, user)
+        old = user.password_hash
+        assert await store.rehash_password(user.id, old_hash=old, new_hash="stronger", now=T0 + 1) is True
+        assert (await store.get_user(user_id=user.id)).password_hash == "stronger"  # type: ignore[union-attr]
+        # a password changed meanwhile is never overwritten by a re-hash of the old one
+        assert await store.rehash_password(user.id, old_hash=old, new_hash="stale", now=T0 + 2) is False
+        assert (await store.get_user(user_id=user.id)).password_hash == "stronger"  # type: ignore[union-attr]
+        found = await store.find_session(session_id=s1.id)
+        assert found is not None and found.revoked_at is None
+
     async def test_update_user_enable_revokes_nothing(self, store: Store) -> None:
         user = await _user(store)
         await store.update_user(user.id, now=T0 + 1, disabled=True)

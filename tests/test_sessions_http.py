@@ -169,6 +169,26 @@ async def test_login_hash_made_by_argon2_defaults_still_verifies(make_gateway: M
     assert PasswordHasher().verify(ours, PASSWORD)
 
 
+async def test_login_upgrades_an_old_hash_to_todays_parameters(make_gateway: MakeGateway, make_config: MakeConfig) -> None:
+    # Before this stop check_needs_rehash was never called: an old, weaker hash stayed as it was.
+    client = await make_gateway(make_config())
+    service = client.server.app[SESSIONS]
+    weak = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=2).hash(PASSWORD)
+    await service.store.create_user(user_id="u-weak", email=EMAIL, email_key=EMAIL, password_hash=weak, now=time.time())
+    assert (await login(client, password=PASSWORD + "!")).status == 401
+    assert (await service.store.get_user(user_id="u-weak")).password_hash == weak  # a wrong password changes nothing
+    first = await login(client)
+    assert first.status == 200
+    upgraded = (await service.store.get_user(user_id="u-weak")).password_hash
+    assert upgraded != weak and upgraded.startswith("$argon2id$v=19$m=65536,t=3,p=1$")
+    assert PasswordHasher().verify(upgraded, PASSWORD)
+    # The session the login opened is not revoked by the upgrade (the password did not change).
+    client.session.cookie_jar.clear()
+    access = (await first.json())["access_token"]
+    assert (await client.get("/api/whoami", headers={"Authorization": f"Bearer {access}"})).status == 200
+    assert (await login(client)).status == 200
+
+
 async def test_login_form_body_succeeds(make_gateway: MakeGateway, make_config: MakeConfig) -> None:
     client = await gateway_with_user(make_gateway, make_config)
     resp = await client.post("/auth/login", data={"email": EMAIL, "password": PASSWORD, "remember_me": "true"})

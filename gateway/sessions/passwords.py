@@ -73,6 +73,15 @@ class Passwords:
         """A new argon2id hash of `password` in the standard PHC encoding."""
         return await asyncio.get_running_loop().run_in_executor(_executor(), _HASHER.hash, password)
 
+    def needs_rehash(self, password_hash: str) -> bool:
+        """Whether a stored hash was made with other parameters than today's (older, weaker ones)."""
+        if is_unusable(password_hash):
+            return False
+        try:
+            return _HASHER.check_needs_rehash(password_hash)
+        except InvalidHashError:
+            return False
+
     async def verify(self, password_hash: str | None, password: str) -> bool:
         """Whether `password` matches; with no hash (unknown user), checks the dummy and answers False."""
         # An unusable hash is checked like an unknown user's, so the answer and its time are those of

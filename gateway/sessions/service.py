@@ -180,6 +180,12 @@ class SessionService:
             self._audit("login_failure", user_id=user.id if user else None, ip=ip, reason=reason)
             raise InvalidCredentials("the email or password is wrong")
         await self.store.give_back_limit(limit_keys, rate=rate)
+        if self._passwords.needs_rehash(user.password_hash):
+            # The only moment the password is in hand: re-hash it with today's parameters. Only if
+            # the hash is still the one checked, so a password change at the same moment wins.
+            new_hash = await self._passwords.hash(password)
+            if await self.store.rehash_password(user.id, old_hash=user.password_hash, new_hash=new_hash, now=now):
+                self._audit("password_rehashed", user_id=user.id)
         # Only after the password was right, so the answer tells nothing to someone without it.
         if self.require_verified_email and not await self.store.is_email_verified(user.id):
             self._audit("login_failure", user_id=user.id, ip=ip, reason="email_not_verified")

@@ -188,6 +188,10 @@ class Store(Protocol):
         """Changes a user; a new password or disabling also revokes every live session of theirs and
         voids their unused email tokens and pending challenges (mfa_tokens). Returns the revoked ids."""
 
+    async def rehash_password(self, user_id: str, *, old_hash: str, new_hash: str, now: float) -> bool:
+        """Replaces the password hash with a re-hash of the same password, only while it is still
+        `old_hash`; revokes and voids nothing (the password is unchanged). False if it changed."""
+
     async def create_session(self, session: SessionRecord, *, token_hash: str) -> None:
         """Stores a new session and its first refresh-token hash."""
 

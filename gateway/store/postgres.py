@@ -296,6 +296,12 @@ class PostgresStore(PostgresAccounts):
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
 
+    async def rehash_password(self, user_id: str, *, old_hash: str, new_hash: str, now: float) -> bool:
+        return bool(await self._exec(
+            "UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3 AND password_hash = $4",
+            new_hash, now, user_id, old_hash,
+        ))  # fmt: skip
+
     async def create_session(self, session: SessionRecord, *, token_hash: str) -> None:
         s = session
         try:

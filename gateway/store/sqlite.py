@@ -326,6 +326,15 @@ class SqliteStore(SqliteAccounts):
 
         return await self._do(op, write=True)
 
+    async def rehash_password(self, user_id: str, *, old_hash: str, new_hash: str, now: float) -> bool:
+        def op(db: sqlite3.Connection) -> bool:
+            return bool(db.execute(
+                "UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ? AND password_hash = ?",
+                (new_hash, now, user_id, old_hash),
+            ).rowcount)  # fmt: skip
+
+        return await self._do(op, write=True)
+
     async def create_session(self, session: SessionRecord, *, token_hash: str) -> None:
         s = session
 
