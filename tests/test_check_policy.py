@@ -91,3 +91,36 @@ def test_check_policy_errors_are_one_line(setup: tuple[Path, str], args: list[st
 def test_check_policy_needs_exactly_one_caller(setup: tuple[Path, str]) -> None:
     assert _cli(setup[0], "check-policy", "GET", "/api/x").returncode == 2
     assert _cli(setup[0], "check-policy", "GET", "/api/x", "--anonymous", "--email", "a@example.com").returncode == 2
+
+
+@pytest.fixture(scope="module")
+def admin_and_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("check-case")
+    return write_toml(
+        tmp / "g.toml",
+        f'[store]\nurl = "sqlite:///{tmp / "g.db"}"\n[tokens]\nsecret = "{SECRET}"\n'
+        '[[routes]]\nprefix = "/admin"\nupstream = "http://127.0.0.1:1"\n'
+        '[[routes]]\nprefix = "/"\nupstream = "http://127.0.0.1:1"\nauth = "public"\n',
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/ADMIN/x", "ambiguous_path"), ("/Admin", "ambiguous_path"), ("/%41DMIN/x", "ambiguous_path"),
+        ("/AUTH/login", "ambiguous_path"), ("/HEALTHZ", "ambiguous_path"),
+        ("/healthz", "gateway endpoint"), ("/metrics", "gateway endpoint"),
+    ],
+)  # fmt: skip
+def test_check_policy_agrees_with_the_gateway_on_case_and_its_own_paths(
+    admin_and_root: Path, path: str, message: str
+) -> None:
+    done = _cli(admin_and_root, "check-policy", "GET", path, "--anonymous")
+    assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr, done
+
+
+def test_check_policy_case_exact_paths_decide_as_before(admin_and_root: Path) -> None:
+    admin = _cli(admin_and_root, "check-policy", "GET", "/admin/X", "--anonymous")
+    assert admin.stdout == "login required\nroutes[0]\n", admin.stderr
+    other = _cli(admin_and_root, "check-policy", "GET", "/Other", "--anonymous")
+    assert other.stdout == "allow\nroutes[1]\n", other.stderr

@@ -338,6 +338,21 @@ def test_load_config_unknown_key_is_reported_with_its_path(tmp_path: Path, text:
         ),
         pytest.param(_doc(routes=ROUTE.replace('"/api"', '"/auth/admin"')), "routes[0].prefix", id="under-auth-prefix"),
         pytest.param(_doc(routes=ROUTE.replace('"/api"', '"/auth"')), "routes[0].prefix", id="equals-auth-prefix"),
+        # Prefixes that differ only in case: every path under either would be refused as ambiguous.
+        pytest.param(
+            _doc(routes=ROUTE + ROUTE.replace('"/api"', '"/API"')), "routes[1].prefix", id="duplicate-prefix-but-case"
+        ),
+        pytest.param(
+            _doc(routes=ROUTE.replace('"/api"', '"/x/stra\u00dfe"') + ROUTE.replace('"/api"', '"/X/STRASSE"')),
+            "routes[1].prefix",
+            id="duplicate-prefix-but-casefold",
+        ),
+        pytest.param(
+            _doc(routes=ROUTE.replace('"/api"', '"/AUTH/admin"')), "routes[0].prefix", id="under-auth-prefix-but-case"
+        ),
+        pytest.param(
+            _doc(routes=ROUTE.replace('"/api"', '"/Auth"')), "routes[0].prefix", id="equals-auth-prefix-but-case"
+        ),
     ],
 )
 def test_load_config_bad_value_is_reported_at_its_path(tmp_path: Path, text: str, path: str) -> None:

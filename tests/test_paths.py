@@ -128,3 +128,94 @@ def test_normalize_target_refusals_say_why(raw: str, message: str) -> None:
 def test_normalize_target_keeps_a_trailing_slash_while_resolving() -> None:
     assert normalize_target("//a/b/").path == "/a/b/"
     assert normalize_target("/a/./b/").path == "/a/b/"
+
+
+# --- case: a path that picks another route when case is ignored is refused (SPEC "Config") ---------
+
+
+def _ambiguous(table: RouteTable, path: str) -> bool:
+    try:
+        table.match(path)
+    except BadRequest as exc:
+        assert exc.code == "ambiguous_path", exc.code
+        return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ADMIN/x", "/Admin/x", "/aDmIn", "/ADMIN", "/ADMIN/", "/admiN/users/1",
+        "/KEYS/1", "/Keys",
+        "/adm\u0131n/x",  # dotless i: upper() is "I"
+        "/adm\u0130n/x",  # dotted capital I: lower-cased by Java and .NET to "i"
+        "/\u212aeys/1",  # Kelvin sign: lower() and casefold() are "k"
+        "/key\u017f/1",  # long s: upper() is "S", casefold() is "s"
+    ],
+)  # fmt: skip
+def test_route_table_case_variant_of_a_longer_route_is_ambiguous(tmp_path: Path, path: str) -> None:
+    routes = _routes(
+        tmp_path,
+        {"prefix": "/", "upstream": "http://127.0.0.1:1", "auth": "public"},
+        {"prefix": "/admin", "upstream": "http://127.0.0.1:2"},
+        {"prefix": "/keys", "upstream": "http://127.0.0.1:3"},
+    )
+    assert _ambiguous(RouteTable(routes), path)
+
+
+def test_route_table_case_only_ambiguous_where_the_route_would_change(tmp_path: Path) -> None:
+    routes = _routes(
+        tmp_path,
+        {"prefix": "/", "upstream": "http://127.0.0.1:1", "auth": "public"},
+        {"prefix": "/admin", "upstream": "http://127.0.0.1:2"},
+        {"prefix": "/api/Reports", "upstream": "http://127.0.0.1:3"},
+    )
+    table = RouteTable(routes)
+    # Same route with and without case: served as before.
+    for path, prefix in [("/admin/x", "/admin"), ("/admin/X/Y", "/admin"), ("/Other/x", "/"), ("/", "/"),
+                         ("/ADMINX", "/"), ("/api/Reports/1", "/api/Reports"), ("/API/x", "/"),
+                         ("/caf\u00e9", "/"), ("/CAF\u00c9", "/")]:  # fmt: skip
+        assert table.match(path).prefix == prefix, path  # type: ignore[union-attr]
+    # A configured prefix with capitals is folded as well: "/api/reports" is its lower-case spelling.
+    assert _ambiguous(table, "/api/reports/1")
+    assert _ambiguous(table, "/API/REPORTS")
+
+
+def test_route_table_case_variant_no_route_matches_with_case_stays_none(tmp_path: Path) -> None:
+    table = RouteTable(_routes(tmp_path, {"prefix": "/admin", "upstream": "http://127.0.0.1:1"}))
+    assert table.match("/ADMIN/x") is None
+    assert table.match("/Admin") is None
+    assert table.match("/admin/x").prefix == "/admin"  # type: ignore[union-attr]
+
+
+def test_route_table_folds_ligatures_and_sharp_s_as_casefold_does(tmp_path: Path) -> None:
+    routes = _routes(
+        tmp_path,
+        {"prefix": "/", "upstream": "http://127.0.0.1:1", "auth": "public"},
+        {"prefix": "/stats", "upstream": "http://127.0.0.1:2"},
+        {"prefix": "/strasse", "upstream": "http://127.0.0.1:3"},
+    )
+    table = RouteTable(routes)
+    assert _ambiguous(table, "/\ufb06ats/x")  # "st" ligature
+    assert _ambiguous(table, "/stra\u00dfe")  # sharp s casefolds to "ss"
+    assert _ambiguous(table, "/STRASSE")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/AUTH/login", "/Auth", "/auth/../AUTH/sessions", "/HEALTHZ", "/Metrics", "/.WELL-KNOWN/jwks.json", "/READYZ"],
+)
+def test_route_table_case_variant_of_a_gateway_path_is_ambiguous(tmp_path: Path, path: str) -> None:
+    root = {"prefix": "/", "upstream": "http://127.0.0.1:1", "auth": "public"}
+    cfg = build_config(tmp_path, "http://127.0.0.1:1", routes=[root])
+    table = RouteTable.from_config(cfg)
+    assert _ambiguous(table, normalize_target(path).path)
+    # Not the gateway's: a deeper path under an exact gateway path, or one merely starting like the prefix.
+    for other in ("/HEALTHZ/x", "/AUTHX", "/authx/y"):
+        assert table.match(other).prefix == "/"  # type: ignore[union-attr]
+
+
+def test_route_table_from_config_without_a_root_route_leaves_gateway_case_variants_404(tmp_path: Path) -> None:
+    table = RouteTable.from_config(build_config(tmp_path, "http://127.0.0.1:1"))
+    assert table.match("/AUTH/login") is None
+    assert table.match("/HEALTHZ") is None

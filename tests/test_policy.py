@@ -193,6 +193,34 @@ def test_policy_paths_deny_folds_case_allow_does_not() -> None:
     assert decide(only_allow, Who(), path="/api/PUBLIC/x").outcome == "deny"
 
 
+@pytest.mark.parametrize(
+    ("glob", "path"),
+    [
+        ("/admin/**", "/ADMIN/x"), ("/admin/**", "/Admin"), ("/admin/**", "/aDmIn/users/1"),
+        ("/admin/*/keys", "/admin/x/KEYS"), ("/admin/**", "/adm\u0131n/x"), ("/admin/**", "/adm\u0130n/x"),
+        ("/keys/**", "/\u212aeys/1"), ("/keys/**", "/key\u017f"),
+        ("/stats/**", "/\ufb06ats/x"),  # "st" ligature: casefold() and upper() spell it "st"
+        ("/strasse/**", "/stra\u00dfe/1"),  # sharp s: casefold() and upper() spell it "ss"
+        ("/Reports/**", "/reports/1"),  # a glob with capitals folds as well
+    ],
+)  # fmt: skip
+def test_policy_paths_deny_glob_matches_with_or_without_case(glob: str, path: str) -> None:
+    # SPEC "Config": a deny glob matches when it matches with or without case, with the same fold
+    # the route table uses (gateway.core.casefold); an allow glob only when it matches with case.
+    denying = _policy(deny=[{"paths": [glob]}])
+    assert decide(denying, Who(), path=path) == Decision("deny", "routes[1].deny[0]"), path
+    allowing = _policy(allow=[{"paths": [glob]}])
+    assert decide(allowing, Who(), path=path) == Decision("deny", "routes[1].allow"), path
+
+
+def test_policy_paths_deny_glob_still_matches_with_case_and_not_beyond() -> None:
+    p = _policy(deny=[{"paths": ["/admin/**", "/r*.csv"]}])
+    for path in ("/admin", "/admin/x", "/r.csv", "/R1.CSV"):
+        assert decide(p, Who(), path=path).outcome == "deny", path
+    for path in ("/administrator", "/x/admin", "/r/x.csv", "/adm1n", "/\u0280.csv"):
+        assert decide(p, Who(), path=path).outcome == "allow", path
+
+
 def test_policy_methods_exact_upper_case() -> None:
     p = _policy(allow=[{"methods": ["GET", "HEAD"]}])
     assert decide(p, Who(), "HEAD").outcome == "allow"

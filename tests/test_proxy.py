@@ -210,6 +210,111 @@ async def test_routing_gateway_paths_win_over_root_route(
     assert await resp.json() == {"status": "ok"}
 
 
+@dataclass
+class Recorded:
+    url: str
+    paths: list[str]
+
+
+@pytest.fixture
+async def recorded_upstream(aiohttp_server: Any) -> Recorded:
+    """The demo upstream (echoing unknown paths) with a list of every raw path it was sent."""
+    from aiohttp import web
+
+    from upstream_demo import create_app as create_upstream
+
+    paths: list[str] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        paths.append(request.raw_path)
+        return await handler(request)  # type: ignore[no-any-return]
+
+    app = create_upstream(echo_unknown_paths=True)
+    app.middlewares.append(record)
+    server = await aiohttp_server(app)
+    return Recorded(f"http://127.0.0.1:{server.port}", paths)
+
+
+def _admin_and_root(make_config: MakeConfig, url: str, *, root: bool = True) -> Any:
+    routes = [
+        {"prefix": "/admin", "upstream": url, "auth": "required"},
+        {"prefix": "/keys", "upstream": url, "auth": "required"},
+    ]
+    if root:
+        routes.append({"prefix": "/", "upstream": url, "auth": "public"})
+    return make_config(routes=routes)
+
+
+CASE_TRICKS = [
+    "/ADMIN/x", "/Admin/x", "/aDmIn", "/ADMIN", "/ADMIN/", "/admiN/users/1",
+    "/%41DMIN/x", "/%41dmin/x", "/a%44min/x", "/ADMIN%2fx", "/public/../ADMIN/x", "//ADMIN//x",
+    "/adm%C4%B1n/x",  # dotless i (upper() is "I")
+    "/adm%C4%B0n/x",  # capital I with dot (Java and .NET lower-case it to "i")
+    "/%E2%84%AAeys/1",  # Kelvin sign (lower-cases to "k")
+    "/key%C5%BF/1",  # long s (upper-cases to "S")
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("target", CASE_TRICKS)
+async def test_routing_case_variant_of_a_protected_route_is_400_ambiguous_path(
+    make_gateway: MakeGateway, make_config: MakeConfig, recorded_upstream: Recorded, token: str, target: str
+) -> None:
+    # Express, ASP.NET and IIS route /ADMIN/x to their /admin/x: through the public "/" route it
+    # would reach the admin API without a token.
+    gw = await make_gateway(_admin_and_root(make_config, recorded_upstream.url))
+    for headers in ({}, bearer(token)):
+        resp = await raw_request(gw, target, headers)
+        assert resp.status == 400, (target, resp.status, resp.body)
+        assert resp.headers["Content-Type"].startswith("application/json")
+        body = resp.json()
+        assert body["error"] == "ambiguous_path" and body["error_description"], body
+    assert recorded_upstream.paths == []
+
+
+async def test_routing_case_variant_no_route_matches_with_case_stays_404(
+    make_gateway: MakeGateway, make_config: MakeConfig, recorded_upstream: Recorded
+) -> None:
+    gw = await make_gateway(_admin_and_root(make_config, recorded_upstream.url, root=False))
+    for target in ("/ADMIN/x", "/Admin", "/%41DMIN/x", "/KEYS/1"):
+        resp = await raw_request(gw, target)
+        assert (resp.status, resp.json()["error"]) == (404, "not_found"), target
+    assert recorded_upstream.paths == []
+
+
+async def test_routing_case_exact_paths_still_route_as_before(
+    make_gateway: MakeGateway, make_config: MakeConfig, recorded_upstream: Recorded, token: str
+) -> None:
+    gw = await make_gateway(_admin_and_root(make_config, recorded_upstream.url))
+    assert (await gw.get("/admin/x")).status == 401
+    assert (await seen(await gw.get("/admin/X/Y", headers=bearer(token))))["path"] == "/admin/X/Y"
+    assert (await seen(await gw.get("/%61dmin/x", headers=bearer(token))))["path"] == "/admin/x"
+    # Case elsewhere is no trick: with or without case these pick the same route.
+    assert (await seen(await gw.get("/Other/Path")))["path"] == "/Other/Path"
+    assert (await seen(await gw.get("/ADMINX/x")))["path"] == "/ADMINX/x"
+    assert (await raw_request(gw, "/CAF%C3%89")).json()["path"] == "/CAF%C3%89"
+    assert recorded_upstream.paths == ["/admin/X/Y", "/admin/x", "/Other/Path", "/ADMINX/x", "/CAF%C3%89"]
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/AUTH/login", "/Auth/sessions", "/AUTH", "/auth/../AUTH/refresh-token", "/HEALTHZ", "/Readyz", "/METRICS",
+     "/.WELL-KNOWN/jwks.json", "/%41uth/login"],
+)  # fmt: skip
+async def test_routing_case_variant_of_a_gateway_path_is_400_ambiguous_path(
+    make_gateway: MakeGateway, make_config: MakeConfig, recorded_upstream: Recorded, target: str
+) -> None:
+    # The gateway's own paths win over every route; a case-insensitive upstream behind "/" must not
+    # be reached at its own /auth/..., /metrics or /healthz by a spelling the gateway does not own.
+    gw = await make_gateway(make_config(routes=[{"prefix": "/", "upstream": recorded_upstream.url, "auth": "public"}]))
+    for method in ("GET", "POST"):
+        resp = await raw_request(gw, target, method=method)
+        assert (resp.status, resp.json()["error"]) == (400, "ambiguous_path"), (method, target, resp.body)
+    assert recorded_upstream.paths == []
+    assert (await gw.get("/healthz")).status == 200
+    assert (await seen(await gw.get("/HEALTHZ/x")))["path"] == "/HEALTHZ/x"  # no gateway path, either way
+
+
 async def test_strip_prefix_removes_prefix_before_base_path(gateway: Client) -> None:
     # /opt is routed to <upstream>/api/echo with strip_prefix.
     assert (await seen(await gateway.get("/opt/x/y?q=1")))["path"] == "/api/echo/x/y"

@@ -3,7 +3,8 @@
 Each app answers the same paths under any one-segment prefix (`/api/whoami`, `/public/whoami`, ...):
 `whoami` (identity and forwarded values as its framework's idiomatic API reads them), `upload`
 (length and SHA-256 of the body), `download?bytes=N`, `status/CODE`, `crash`, and `ws` where the
-framework has WebSockets.
+framework has WebSockets. The CASE_INSENSITIVE ones (Express, and Koa for these rows only) also
+answer `/admin/whoami`, in any case, and `/_seen`.
 """
 
 from __future__ import annotations
@@ -49,13 +50,14 @@ class Upstream:
         if self.name == "starlette":
             return [py, "-m", "uvicorn", "starlette_app:app", "--host", "127.0.0.1", "--port", str(port),
                     "--proxy-headers", "--forwarded-allow-ips", "127.0.0.1", "--log-level", "warning"], {}  # fmt: skip
-        if self.name == "express":
+        if self.name in ("express", "koa"):
             node = shutil.which("node")
             if node is None:
                 missing_service("node", "`node` is not on PATH")
-            if not (NODE_DIR / "node_modules" / "express").is_dir():
+            if not (NODE_DIR / "node_modules" / self.name).is_dir():
                 missing_service("node", "tests/upstreams/node has no node_modules (run `npm ci` there)")
-            return [node, "node/app.js", str(port)], {"NODE_ENV": "production"}
+            script = "node/app.js" if self.name == "express" else "node/koa_app.js"
+            return [node, script, str(port)], {"NODE_ENV": "production"}
         if self.name == "php":
             php = shutil.which("php")
             if php is None:
@@ -73,6 +75,14 @@ UPSTREAMS = [
     Upstream("starlette", "Starlette", "uvicorn", websocket=True, reads_chunked=True),
     Upstream("express", "Express + ws", "Node http", websocket=True, reads_chunked=True),
     Upstream("php", "PHP ($_SERVER)", "php -S", websocket=False, reads_chunked=True),
+]
+
+# Servers that route without case by default, each with an /admin/whoami that also answers
+# /ADMIN/whoami and a GET /_seen listing the targets it was sent: the matrix's case rows.
+# Koa answers only whoami and /_seen, so it is not in UPSTREAMS.
+CASE_INSENSITIVE = [
+    next(u for u in UPSTREAMS if u.name == "express"),
+    Upstream("koa", "Koa + @koa/router", "Node http", websocket=False, reads_chunked=True),
 ]
 
 

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import pytest
 
 from tests.security.test_header_spoofing import EVIL, SPELLINGS
 from tests.support import SECRET, free_port, gateway_process
-from tests.upstreams.servers import UPSTREAMS, Upstream, running
+from tests.upstreams.servers import CASE_INSENSITIVE, UPSTREAMS, Upstream, running
 
 EMAIL = "jörg.müller@exämple.com"
 PASSWORD = "correct horse battery staple"
@@ -57,10 +58,14 @@ class Stack:
         return f"127.0.0.1:{self.port}"
 
 
-def _config(port: int, upstream: str, db: Path) -> str:
+MATRIX_ROUTES = (("/api", "required"), ("/public", "public"), ("/opt", "optional"))
+# The shape of the case attack: an admin API behind a required route, everything else public.
+CASE_ROUTES = (("/admin", "required"), ("/", "public"))
+
+
+def _config(port: int, upstream: str, db: Path, routes_: tuple[tuple[str, str], ...] = MATRIX_ROUTES) -> str:
     routes = "".join(
-        f'\n[[routes]]\nprefix = "/{p}"\nupstream = "{upstream}"\nauth = "{a}"\ntimeout = "30s"\n'
-        for p, a in (("api", "required"), ("public", "public"), ("opt", "optional"))
+        f'\n[[routes]]\nprefix = "{p}"\nupstream = "{upstream}"\nauth = "{a}"\ntimeout = "30s"\n' for p, a in routes_
     )
     return f"""
 [server]
@@ -81,12 +86,23 @@ login = "1000/minute"
 
 @pytest.fixture(scope="module", params=UPSTREAMS, ids=[u.name for u in UPSTREAMS])
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    upstream: Upstream = request.param
-    tmp = tmp_path_factory.mktemp(upstream.name)
+    with _stack(request.param, tmp_path_factory.mktemp(request.param.name), MATRIX_ROUTES) as s:
+        yield s
+
+
+@pytest.fixture(scope="module", params=CASE_INSENSITIVE, ids=[u.name for u in CASE_INSENSITIVE])
+def case_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A case-insensitive server behind routes /admin (required) and / (public)."""
+    with _stack(request.param, tmp_path_factory.mktemp(f"case-{request.param.name}"), CASE_ROUTES) as s:
+        yield s
+
+
+@contextmanager
+def _stack(upstream: Upstream, tmp: Path, routes: tuple[tuple[str, str], ...]) -> Iterator[Stack]:
     with running(upstream) as upstream_url:
         port = free_port()
         cfg = tmp / "gateway.toml"
-        cfg.write_text(_config(port, upstream_url, tmp / "gateway.db"))
+        cfg.write_text(_config(port, upstream_url, tmp / "gateway.db", routes))
         subprocess.run(
             [sys.executable, "-m", "gateway", "users", "add", EMAIL, "--password-stdin", "--config", str(cfg)],
             input=PASSWORD + "\n", text=True, check=True, capture_output=True,
@@ -271,3 +287,52 @@ def test_errors_pass_through_unchanged(stack: Stack, path: str) -> None:
     assert via_body == direct_body
     assert via.getheader("Content-Type") == direct.getheader("Content-Type")
     assert via.getheader("X-Upstream") == direct.getheader("X-Upstream")
+
+
+# --- case: routes compare with case, these servers without ------------------------------------------
+
+
+def _upstream_port(stack: Stack) -> int:
+    return int(stack.upstream_url.rsplit(":", 1)[1])
+
+
+def _seen_by_upstream(stack: Stack) -> list[str]:
+    resp, body = call(_upstream_port(stack), "GET", "/_seen")
+    assert resp.status == 200, body
+    seen: list[str] = json.loads(body)
+    return seen
+
+
+# (sent to the gateway, what the gateway would forward: the server is asked that directly)
+CASE_TRICKS = [
+    ("/ADMIN/whoami", "/ADMIN/whoami"), ("/Admin/whoami", "/Admin/whoami"), ("/aDmIn/whoami", "/aDmIn/whoami"),
+    ("/%41DMIN/whoami", "/ADMIN/whoami"), ("/public/../ADMIN/whoami", "/ADMIN/whoami"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("target", "forwarded"), CASE_TRICKS)
+def test_case_variant_of_the_admin_route_is_refused_before_the_upstream(
+    case_stack: Stack, target: str, forwarded: str
+) -> None:
+    stack = case_stack
+    # Asked directly, the server answers its admin handler for this spelling (it routes without case)...
+    status, body = raw_get(_upstream_port(stack), forwarded, [])
+    assert status == 200 and json.loads(body)["route"] == "admin", body
+    before = _seen_by_upstream(stack)
+    # ...so through the public "/" route it would be the admin API without a token: the gateway refuses it.
+    for token in (None, stack.token):
+        status, body = raw_get(stack.port, target, [], token)
+        assert status == 400, body
+        assert json.loads(body)["error"] == "ambiguous_path", body
+    assert _seen_by_upstream(stack) == before
+
+
+def test_case_exact_admin_route_needs_its_token_and_other_paths_stay_public(case_stack: Stack) -> None:
+    stack = case_stack
+    assert raw_get(stack.port, "/admin/whoami", [])[0] == 401
+    status, body = raw_get(stack.port, "/admin/whoami", [], stack.token)
+    assert status == 200, body
+    seen = json.loads(body)
+    assert (seen["route"], seen["user_id"]) == ("admin", stack.user_id)
+    status, body = raw_get(stack.port, "/Other/whoami", [])
+    assert status == 200 and json.loads(body)["user_id"] is None, body

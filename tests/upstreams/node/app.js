@@ -1,5 +1,6 @@
 // Express (with `trust proxy` for the loopback gateway) and a `ws` WebSocket server: what
-// req.get(), req.protocol, req.hostname and req.ip report. Run: node app.js PORT
+// req.get(), req.protocol, req.hostname and req.ip report; GET /_seen lists the targets it was sent.
+// Run: node app.js PORT
 'use strict';
 const crypto = require('crypto');
 const http = require('http');
@@ -9,9 +10,20 @@ const { WebSocketServer } = require('ws');
 const PATTERN = Buffer.from('0123456789abcdef'.repeat(4096));
 const app = express();
 app.set('trust proxy', 'loopback');
-app.use((req, res, next) => { res.set('X-Upstream', 'express'); next(); });
+const seen = []; // every request target sent to this server, for GET /_seen (asked directly, never via the gateway)
+app.use((req, res, next) => {
+  if (req.path !== '/_seen') seen.push(req.originalUrl);
+  res.set('X-Upstream', 'express');
+  next();
+});
 
 const decoded = (v) => (v === undefined ? null : decodeURIComponent(v));
+
+app.get('/_seen', (req, res) => res.json(seen));
+
+// Express routes without case by default (`case sensitive routing` off): this also answers
+// /ADMIN/whoami, the matrix's case rows show that the gateway never lets such a spelling through.
+app.get('/admin/whoami', (req, res) => res.json({ route: 'admin', path: req.path, user_id: req.get('x-user-id') ?? null }));
 
 app.get('/:prefix/whoami', (req, res) => {
   res.json({
