@@ -48,7 +48,7 @@ from gateway.mfa.secretbox import SecretBox
 from gateway.mfa.service import MfaService
 from gateway.proxy.forward import Forwarder, close_websockets
 from gateway.proxy.keys import LIVE_ROUTES, UPSTREAM_POOL, WEBSOCKET_GRANTS, WEBSOCKETS
-from gateway.proxy.paths import RouteTable, normalize_target, under_prefix
+from gateway.proxy.paths import OWN_PATHS, RouteTable, normalize_target, under_prefix
 from gateway.proxy.upstream.pool import UpstreamPool
 from gateway.server.serving import request_finished, request_started
 from gateway.sessions import routes as session_routes
@@ -122,12 +122,15 @@ class _LiveRoutes:
 
     def __init__(self, config: Config, metrics: Metrics) -> None:
         self._metrics = metrics
+        # Bound at startup, as the endpoints under it are (a changed auth_prefix needs a restart).
+        self._auth_prefix = config.server.auth_prefix
         self.set(config)
 
     def set(self, config: Config) -> None:
         """Builds the table and forwarder from `config`; in-flight requests keep the pair they started with."""
         self.config = config
-        self.table, self.forwarder = RouteTable(config.routes), Forwarder(config, observe=self._metrics.observe_upstream)
+        table = RouteTable(config.routes, own_prefix=self._auth_prefix, own_paths=OWN_PATHS)
+        self.table, self.forwarder = table, Forwarder(config, observe=self._metrics.observe_upstream)
 
 
 # Server keys read per request, so a reload applies them; the others are bound when the server starts.
@@ -201,6 +204,10 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time, keyrin
         "/readyz": {"GET": _readyz},
         "/metrics": {"GET": _metrics},
     }
+    # The route table refuses these in another case too; one it did not know of could be reached
+    # that way through a "/" route, at a case-insensitive upstream's own path of that name.
+    if unlisted := sorted(p for p in endpoints if not under_prefix(p, prefix) and p not in OWN_PATHS):
+        raise RuntimeError(f"gateway paths missing from gateway.proxy.paths.OWN_PATHS: {unlisted}")
     sessions_prefix = f"{prefix}/sessions/"
     passkeys_prefix = f"{prefix}/passkeys/"
     live = _LiveRoutes(config, metrics)

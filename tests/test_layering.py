@@ -8,6 +8,7 @@ import pytest
 
 PURE = [
     "gateway.core.errors",
+    "gateway.core.casefold",
     "gateway.config",
     "gateway.config.model",
     "gateway.config.values",

@@ -14,8 +14,8 @@ import time
 
 from gateway.authz.rules import Decision
 from gateway.config import Config
-from gateway.core.errors import GatewayError
-from gateway.proxy.paths import RouteTable, normalize_target, under_prefix
+from gateway.core.errors import AmbiguousPath, GatewayError
+from gateway.proxy.paths import OWN_PATHS, RouteTable, normalize_target, under_prefix
 from gateway.sessions.service import normalize_email
 from gateway.store import Store
 from gateway.tokens.keyring import KeyRing, Principal
@@ -56,7 +56,12 @@ async def check_policy(cfg: Config, store: Store, keys: KeyRing, args: argparse.
     path = target.path
     if under_prefix(path, cfg.server.auth_prefix):
         raise GatewayError(f"{path} is a gateway endpoint under {cfg.server.auth_prefix}, not a route")
-    route = RouteTable(cfg.routes).match(path)
+    if path in OWN_PATHS:
+        raise GatewayError(f"{path} is a gateway endpoint, not a route")
+    try:
+        route = RouteTable.from_config(cfg).match(path)
+    except AmbiguousPath as exc:
+        raise GatewayError(f"{path}: refused with 400 {exc.code}: {exc.description}") from None
     if route is None:
         raise GatewayError(f"no route matches {path}")
     where = f"routes[{next(i for i, r in enumerate(cfg.routes) if r is route)}]"

@@ -7,9 +7,10 @@ every other criterion of an allow rule but has no "mfa" in `amr` is asked to ste
 instead of being refused, provided no other allow rule admits them and no deny rule matched.
 
 Paths are matched on the normalized, decoded path the upstream receives (never the query or the
-fragment, never a forwarding header), with one trailing `/` ignored. Deny globs compare case-
-insensitively and allow globs case-sensitively, so an upstream that folds case can neither slip
-past a deny nor be widened by an allow.
+fragment, never a forwarding header), with one trailing `/` ignored. A deny glob matches when it
+matches with or without case (both sides folded by gateway.core.casefold, as route prefixes are),
+an allow glob only with case, so an upstream that folds case can neither slip past a deny nor be
+widened by an allow.
 
 Must not: import aiohttp, read a header, or do I/O; `decide` takes plain values and returns one of
 a few preallocated `Decision`s, so a request pays a few dict and set look-ups, not allocations.
@@ -23,6 +24,8 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
+
+from gateway.core.casefold import fold_case
 
 __all__ = ["CRITERIA", "Caller", "Decision", "Policy", "compile_policy"]
 
@@ -269,8 +272,13 @@ def _compile_rule(raw: object, path: str, *, deny: bool, problems: list[str]) ->
             for i, g in enumerate(globs):
                 if (wrong := _path_problems(g)) is not None:
                     problems.append(f"{key}[{i}]: {wrong}")
-            if len(problems) == before:
-                regex = re.compile("|".join(f"(?:{_glob(g)})" for g in globs), re.IGNORECASE if deny else 0)
+            if len(problems) == before and deny:
+                # Both sides folded: fold_case keeps every "/" and "*", and a path that matches with
+                # case also matches folded, so this is "with or without case".
+                regex = re.compile("|".join(f"(?:{_glob(fold_case(g))})" for g in globs))
+                checks.append((3, lambda c, m, p, a, rx=regex: rx.fullmatch(fold_case(p)) is not None))
+            elif len(problems) == before:
+                regex = re.compile("|".join(f"(?:{_glob(g)})" for g in globs))  # with case only
                 checks.append((3, lambda c, m, p, a, rx=regex: rx.fullmatch(p) is not None))
         elif name == "networks":
             nets = []

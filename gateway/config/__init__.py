@@ -51,6 +51,7 @@ from gateway.config.values import (
     parse_duration,
     parse_size,
 )
+from gateway.core.casefold import fold_case
 from gateway.core.errors import ConfigError
 
 __all__ = [
@@ -148,9 +149,15 @@ def parse_config(
     identity_providers = _identity_providers(root.get("identity_providers", None, lambda r: r), problems)
     mfa, webauthn = _second_factors(root, problems)
     root.finish()
+    own = fold_case(server.auth_prefix)
     for i, route in enumerate(routes):
         if route.prefix == server.auth_prefix or route.prefix.startswith(server.auth_prefix + "/"):
             problems.append(f"routes[{i}].prefix: {route.prefix!r} lies under server.auth_prefix and would never be reached")
+        elif (p := fold_case(route.prefix)) == own or p.startswith(own + "/"):
+            problems.append(
+                f"routes[{i}].prefix: {route.prefix!r} lies under server.auth_prefix if case is ignored, and would"
+                " never be reached (its paths are refused as ambiguous_path)"
+            )
     problems = _causes_only(problems, env_problems, signing=signing)
     if problems:
         raise ConfigError(problems, source=source)

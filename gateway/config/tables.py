@@ -30,6 +30,7 @@ from gateway.config.values import (
     parse_duration,
     parse_size,
 )
+from gateway.core.casefold import fold_case
 
 
 def _server(t: _Table, base: Path) -> ServerConfig:
@@ -155,6 +156,7 @@ def _routes(raw: object, problems: list[str], base: Path) -> tuple[RouteConfig, 
         return ()
     routes: list[RouteConfig] = []
     seen: dict[str, int] = {}
+    folded: dict[str, tuple[int, str]] = {}  # a prefix's case fold -> the first route with it
     for i, item in enumerate(raw):
         t = _Table(f"routes[{i}]", item, problems)
         before = len(problems)
@@ -178,7 +180,13 @@ def _routes(raw: object, problems: list[str], base: Path) -> tuple[RouteConfig, 
         if len(problems) == before:
             if route.prefix in seen:
                 problems.append(f"routes[{i}].prefix: duplicates routes[{seen[route.prefix]}].prefix {route.prefix!r}")
+            elif (other := folded.get(fold_case(route.prefix))) is not None:
+                problems.append(
+                    f"routes[{i}].prefix: {route.prefix!r} differs from routes[{other[0]}].prefix {other[1]!r} only in"
+                    " case; every path under either would be refused as ambiguous_path"
+                )
             seen[route.prefix] = i
+            folded.setdefault(fold_case(route.prefix), (i, route.prefix))
             routes.append(route)
     return tuple(routes)
 

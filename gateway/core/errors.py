@@ -6,7 +6,8 @@ GatewayError
 │   ├── InvalidScope (invalid_scope)
 │   ├── InvalidEmailToken (invalid_email_token)
 │   ├── InvalidState (invalid_state)
-│   └── PasskeyInvalid (invalid_passkey)
+│   ├── PasskeyInvalid (invalid_passkey)
+│   └── AmbiguousPath (ambiguous_path)
 ├── RequestTimeout (408 request_timeout)
 ├── PayloadTooLarge (413 payload_too_large)
 ├── AuthError (401)
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 __all__ = [
     "AccountNotFound",
+    "AmbiguousPath",
     "AuthError",
     "BadRequest",
     "ConfigError",
@@ -109,6 +111,12 @@ class BadRequest(GatewayError):
 
     status = 400
     code = "invalid_request"
+
+
+class AmbiguousPath(BadRequest):
+    """The path would pick another route (or a gateway path) if case were ignored, as some upstreams route."""
+
+    code = "ambiguous_path"
 
 
 class RequestTimeout(GatewayError):

@@ -1,18 +1,27 @@
 """Request-target normalization and the longest-prefix route table; both pure.
 
+Prefixes compare with case, but a path that would pick another route, or one of the gateway's own
+paths, if case were ignored is refused (AmbiguousPath): upstreams that route without case (Express,
+Koa, ASP.NET, IIS) would otherwise serve /admin/x to whoever asks the public "/" route for /ADMIN/x.
+
 Must not: import aiohttp, or let routing and forwarding see two different forms of one path.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
-from gateway.config import RouteConfig
-from gateway.core.errors import BadRequest
+from gateway.config import Config, RouteConfig
+from gateway.core.casefold import fold_case
+from gateway.core.errors import AmbiguousPath, BadRequest
 
-__all__ = ["RouteTable", "Target", "normalize_target", "under_prefix"]
+__all__ = ["OWN_PATHS", "RouteTable", "Target", "normalize_target", "under_prefix"]
+
+# The gateway's own paths outside server.auth_prefix (gateway/app.py checks that it serves no others).
+OWN_PATHS = ("/.well-known/jwks.json", "/healthz", "/readyz", "/metrics")
 
 _BROKEN_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Everything outside this set is percent-encoded again, so the upstream (or its client library)
@@ -81,18 +90,64 @@ def under_prefix(path: str, prefix: str) -> bool:
     return prefix == "/" or path == prefix or path.startswith(prefix) and path[len(prefix)] == "/"
 
 
-class RouteTable:
-    """Routes ordered longest prefix first; `match` returns the route for a normalized path."""
+_OWN = object()  # the winner "one of the gateway's own paths"
 
-    def __init__(self, routes: tuple[RouteConfig, ...]) -> None:
+
+class RouteTable:
+    """Routes ordered longest prefix first; `match` returns the route for a normalized path.
+
+    `own_prefix` (server.auth_prefix) and `own_paths` are the gateway's: they win over every route,
+    with case and, for the ambiguity check, without it.
+    """
+
+    def __init__(self, routes: tuple[RouteConfig, ...], *, own_prefix: str = "", own_paths: Iterable[str] = ()) -> None:
         self._routes = sorted(routes, key=lambda r: len(r.prefix), reverse=True)
+        self._own_prefix = own_prefix
+        self._own_paths = frozenset(own_paths)
+        # Folded once here: the prefixes, longest first, each with every route that folds to it
+        # (config refuses two, but a table built from anything must not pick one of them silently).
+        groups: dict[str, list[RouteConfig]] = {}
+        for route in self._routes:
+            groups.setdefault(fold_case(route.prefix), []).append(route)
+        self._folded = sorted(((p, tuple(rs)) for p, rs in groups.items()), key=lambda pr: len(pr[0]), reverse=True)
+        self._own_folded_prefix = fold_case(own_prefix)
+        self._own_folded_paths = frozenset(fold_case(p) for p in self._own_paths)
+        # Every key its own fold: a path that is its own fold then picks the same winner either way.
+        self._fold_invariant = (
+            all(p == rs[0].prefix for p, rs in self._folded)
+            and self._own_folded_prefix == own_prefix
+            and self._own_folded_paths == self._own_paths
+        )
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> RouteTable:
+        """The table the gateway routes by: the config's routes and the gateway's own paths."""
+        return cls(cfg.routes, own_prefix=cfg.server.auth_prefix, own_paths=OWN_PATHS)
 
     def match(self, path: str) -> RouteConfig | None:
-        """The route with the longest prefix that covers `path`, or None."""
+        """The route with the longest prefix that covers `path`; None when no route does or the path
+        is the gateway's own. Raises AmbiguousPath when, with case ignored, another route or a gateway
+        path would be picked (a path no route matches with case is None whatever its case)."""
+        own = self._own_prefix
+        if path in self._own_paths or own and under_prefix(path, own):
+            return None
         for route in self._routes:
             if under_prefix(path, route.prefix):
-                return route
-        return None
+                break
+        else:
+            return None
+        folded = fold_case(path)
+        if folded == path and self._fold_invariant:
+            return route
+        own = self._own_folded_prefix
+        if folded in self._own_folded_paths or own and under_prefix(folded, own):
+            raise AmbiguousPath("the path names one of the gateway's own paths if case is ignored")
+        for prefix, routes in self._folded:
+            if under_prefix(folded, prefix):
+                if routes != (route,):
+                    raise AmbiguousPath("the path names another route if case is ignored")
+                break
+        return route
 
     @staticmethod
     def upstream_path(route: RouteConfig, encoded: str) -> str:
