@@ -332,6 +332,10 @@ class Store(Protocol):
     async def mail_failed(self, mail_id: int, *, now: float, retry_at: float | None, error: str) -> None:
         """Ends the lease after a failed attempt: retried from `retry_at`, or never again when None."""
 
+    async def challenge_claim(self, challenge: ChallengeRecord, *, now: float) -> bool:
+        """Stores a challenge unless a live one has its key: False then (a value already used once,
+        such as a login callback or a logout token's jti). Drops every expired one."""
+
     async def ping(self) -> None:
         """Raises StoreUnavailable when the store cannot answer."""
 
@@ -409,10 +413,6 @@ class MfaStore(Protocol):
 
     async def challenge_put(self, challenge: ChallengeRecord, *, now: float) -> None:
         """Stores a challenge (and drops every expired one)."""
-
-    async def challenge_claim(self, challenge: ChallengeRecord, *, now: float) -> bool:
-        """Stores a challenge unless a live one has its key: False then (a value already used once,
-        such as a login callback or a logout token's jti). Drops every expired one."""
 
     async def challenge_try(self, key_hash: str, *, kind: str, now: float, max_tries: int) -> ChallengeRecord | None:
         """Counts one try; the record with its new count, or None when unknown, expired or out of tries."""
