@@ -196,6 +196,10 @@ class FederationService:
             if found is None:
                 raise AccountNotFound("the linked account no longer exists")
             user = found
+            if not await self.store.is_email_verified(user.id):
+                # Linked before takeovers existed (links were only ever made on a verified address):
+                # whoever signed up under it first still holds a password and factors; strip them now.
+                user = await self._take_over(cfg, user, now=self.clock())
         if user.disabled:
             raise AccountNotFound("this account is disabled")
         if cfg.roles_claim:

@@ -121,7 +121,10 @@ class MfaService:
         ended: list[str] = []
         for session in await self.sessions.list_sessions(user_id):
             if "otp" in session.amr:
-                ended += await self.sessions.revoke_session(session.id, reason="mfa_disabled", user_id=user_id)
+                try:
+                    ended += await self.sessions.revoke_session(session.id, reason="mfa_disabled", user_id=user_id)
+                except NoRoute:
+                    continue  # swept since it was listed: nothing left to end
         return ended
 
     async def regenerate_recovery_codes(self, user_id: str, code: object) -> list[str]:
